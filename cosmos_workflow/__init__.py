@@ -1,0 +1,3 @@
+"""cosmos-workflow: prepare prompts for NVIDIA Cosmos-Transfer1's prompt upsampler."""
+
+__version__ = "0.1.0"
