@@ -1,0 +1,77 @@
+"""How the CLI speaks: data on stdout, chatter on stderr, one `fail()` for expected errors."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from ..errors import CosmosError
+
+# Data (tables, JSON) goes to stdout; progress, warnings and errors to stderr.
+out = Console(soft_wrap=True, highlight=False)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def print_json(data: Any) -> None:
+    """`{"data": …}` on stdout: the envelope every `--json` command prints."""
+    sys.stdout.write(json.dumps({"data": data}, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def fail(error: CosmosError, *, as_json: bool = False, exit_code: int | None = None) -> NoReturn:
+    """Print one `error:` line (and `hint:`), or the JSON error envelope, and exit."""
+    if as_json:
+        sys.stdout.write(json.dumps({"error": error.to_dict()}, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+    else:
+        err.print(f"[bold red]error:[/] {_one_line(error.message)}", markup=True)
+        if error.hint:
+            err.print(f"[yellow]hint:[/] {_one_line(error.hint)}", markup=True)
+    raise typer.Exit(error.exit_code if exit_code is None else exit_code)
+
+
+def _one_line(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(" ".join(str(text).split()))
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("COSMOS_DEBUG", "") not in ("", "0")
+
+
+def handle_errors(func: Callable) -> Callable:
+    """Turn `CosmosError` into `fail()`; unexpected errors into one line (traceback on debug)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        as_json = bool(kwargs.get("json_output"))
+        try:
+            return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except CosmosError as exc:
+            if debug_enabled():
+                raise
+            fail(exc, as_json=as_json)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            if debug_enabled():
+                raise
+            fail(
+                CosmosError(
+                    f"internal error: {type(exc).__name__}: {exc}",
+                    "rerun with COSMOS_DEBUG=1 for a traceback and report it",
+                    code="internal",
+                ),
+                as_json=as_json,
+                exit_code=70,
+            )
+
+    return wrapper

@@ -1,0 +1,5 @@
+"""Workflows: the orchestrator and the mixins it is composed of."""
+
+from .orchestrator import WorkflowOrchestrator
+
+__all__ = ["WorkflowOrchestrator"]
