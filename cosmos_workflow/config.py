@@ -113,6 +113,24 @@ def _as_size(value: Any) -> str:
     return f"{int(match.group(1))}x{int(match.group(2))}"
 
 
+def _as_env(value: Any) -> dict:
+    """Environment for the worker: a TOML table, or `"K=V K2=V2"` from an env var or flag."""
+    if isinstance(value, str):
+        pairs = {}
+        for word in value.split():
+            name, sep, val = word.partition("=")
+            if not sep or not name:
+                raise ValueError('a table like { NAME = "value" } or "NAME=value NAME2=value"')
+            pairs[name] = val
+        value = pairs
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and k.replace("_", "").isalnum() and isinstance(v, (str, int, float))
+        for k, v in value.items()
+    ):
+        raise ValueError('a table like { NAME = "value" } of environment variables')
+    return {k: str(v) for k, v in value.items()}
+
+
 def _choice(*options: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         if not isinstance(value, str) or value not in options:
@@ -206,6 +224,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
             "sequences the engine runs at once; NVIDIA's 2 keeps a 12B model within one GPU",
         ),
         "temperature": Field(_as_float, 0.6, "sampling temperature (NVIDIA's upsampler: 0.6)"),
+        "enforce_eager": Field(
+            _as_bool, False, "skip CUDA-graph capture: faster engine start, slower generation"
+        ),
+        "env": Field(_as_env, {}, "extra environment variables for the worker, a TOML table"),
     },
     "upsampling": {
         "max_tokens": Field(
@@ -238,7 +260,16 @@ def _section_class(section: str) -> type:
     fields = [(key, type(spec.default), spec.default) for key, spec in SCHEMA[section].items()]
     return dataclasses.make_dataclass(
         section.capitalize() + "Config",
-        [(name, typ, dataclasses.field(default=default)) for name, typ, default in fields],
+        [
+            (
+                name,
+                typ,
+                dataclasses.field(default_factory=lambda d=default: dict(d))
+                if isinstance(default, dict)
+                else dataclasses.field(default=default),
+            )
+            for name, typ, default in fields
+        ],
         frozen=True,
     )
 

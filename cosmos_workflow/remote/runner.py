@@ -1,0 +1,117 @@
+"""Command lines that run the worker on the host: inside NVIDIA's Docker image, or directly.
+
+Pure functions: settings in, one shell command line out. Every value is quoted with
+`shlex.quote`; the only unquoted word ever emitted is the literal `"$HOME"` prefix for a
+`~/…` host path (remote paths are otherwise never `~`-expanded).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import shlex
+from dataclasses import dataclass, field
+
+CONTAINER_WORKSPACE = "/workspace"
+CONTAINER_HF_CACHE = "/root/.cache/huggingface"
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    """How to start the worker on the host (built from config by the orchestrator)."""
+
+    kind: str  # "docker" | "direct"
+    remote_dir: str  # the cosmos-transfer1 checkout on the host (absolute POSIX path)
+    python: str = "python3"  # direct: may be a command with arguments ("conda run -n x python")
+    image: str = "nvcr.io/ubuntu/cosmos-transfer1:latest"
+    sudo: bool = True
+    shm_size: str = "8g"
+    hf_cache: str = "~/.cache/huggingface"
+    cuda_visible_devices: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def root(self) -> str:
+        """Our folder on the host: worker, cache and jobs."""
+        return posixpath.join(self.remote_dir.rstrip("/") or "/", "cosmos_workflow")
+
+
+def _host_path(path: str) -> str:
+    """Quote a host path; `~/x` becomes `"$HOME"/x` so the remote shell expands only $HOME."""
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
+def _worker_env(settings: RunnerSettings) -> dict[str, str]:
+    env = {
+        # NVIDIA's instruction for the upsampler: vLLM workers must spawn, not fork, with CUDA.
+        "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
+    }
+    if settings.cuda_visible_devices:
+        env["CUDA_VISIBLE_DEVICES"] = settings.cuda_visible_devices
+    env.update(settings.env)
+    return env
+
+
+def container_name(job_id: str) -> str:
+    return f"cosmos-upsample-{job_id}"
+
+
+def worker_command(settings: RunnerSettings, job_id: str, *args: str) -> str:
+    """The shell command line that runs `worker.py run <job dir>` (or `args`) on the host.
+
+    `args` replaces the default `run <job dir>` (e.g. `("check", "--json")`).
+    """
+    if settings.kind == "docker":
+        return _docker_command(settings, job_id, args)
+    if settings.kind == "direct":
+        return _direct_command(settings, job_id, args)
+    raise ValueError(f"unknown runner {settings.kind!r}")
+
+
+def _direct_command(settings: RunnerSettings, job_id: str, args: tuple[str, ...]) -> str:
+    root = settings.root
+    worker_args = args or ("run", posixpath.join(root, "jobs", job_id))
+    argv = [
+        "env",
+        *(f"{k}={v}" for k, v in _worker_env(settings).items()),
+        *shlex.split(settings.python),
+        posixpath.join(root, "worker.py"),
+        *worker_args,
+    ]
+    return f"cd {shlex.quote(settings.remote_dir)} && exec {shlex.join(argv)}"
+
+
+def _docker_command(settings: RunnerSettings, job_id: str, args: tuple[str, ...]) -> str:
+    root = posixpath.join(CONTAINER_WORKSPACE, "cosmos_workflow")
+    worker_args = args or ("run", posixpath.join(root, "jobs", job_id))
+    gpus = (
+        f'"device={settings.cuda_visible_devices}"' if settings.cuda_visible_devices else "all"
+    )
+    words = ["sudo"] if settings.sudo else []
+    words += [
+        "docker",
+        "run",
+        "--rm",
+        "--name",
+        container_name(job_id),
+        "--gpus",
+        gpus,
+        # vLLM's tensor-parallel workers share memory through /dev/shm; Docker's 64 MB default
+        # is far too small, and --ipc=host is what NVIDIA's own instructions use.
+        "--ipc=host",
+        f"--shm-size={settings.shm_size}",
+        "-v",
+        f"{settings.remote_dir}:{CONTAINER_WORKSPACE}",
+        "-w",
+        CONTAINER_WORKSPACE,
+    ]
+    for name, value in _worker_env(settings).items():
+        words += ["-e", f"{name}={value}"]
+    head = shlex.join(words)
+    # The Hugging Face cache mount may start with ~ on the host: only $HOME stays unquoted.
+    hf_mount = f"-v {_host_path(settings.hf_cache)}:{shlex.quote(CONTAINER_HF_CACHE)}"
+    tail = shlex.join([settings.image, "python3", posixpath.join(root, "worker.py"), *worker_args])
+    return f"{head} {hf_mount} {tail}"

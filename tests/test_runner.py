@@ -1,0 +1,78 @@
+"""The docker and direct command lines, exactly, and hostile values staying data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from cosmos_workflow.remote.runner import RunnerSettings, worker_command
+
+
+def test_direct_command_line_is_exact():
+    settings = RunnerSettings(
+        kind="direct",
+        remote_dir="/home/ubuntu/cosmos-transfer1",
+        python="conda run -n cosmos python",
+        cuda_visible_devices="0,1",
+        env={"HF_HUB_OFFLINE": "1"},
+    )
+    assert worker_command(settings, "job1") == (
+        "cd /home/ubuntu/cosmos-transfer1 && exec env VLLM_WORKER_MULTIPROC_METHOD=spawn "
+        "CUDA_VISIBLE_DEVICES=0,1 HF_HUB_OFFLINE=1 conda run -n cosmos python "
+        "/home/ubuntu/cosmos-transfer1/cosmos_workflow/worker.py "
+        "run /home/ubuntu/cosmos-transfer1/cosmos_workflow/jobs/job1"
+    )
+
+
+def test_docker_command_line_is_exact():
+    settings = RunnerSettings(kind="docker", remote_dir="/home/ubuntu/NatsFS/cosmos-transfer1")
+    assert worker_command(settings, "abc123") == (
+        "sudo docker run --rm --name cosmos-upsample-abc123 --gpus all --ipc=host "
+        "--shm-size=8g -v /home/ubuntu/NatsFS/cosmos-transfer1:/workspace -w /workspace "
+        "-e VLLM_WORKER_MULTIPROC_METHOD=spawn "
+        '-v "$HOME"/.cache/huggingface:/root/.cache/huggingface '
+        "nvcr.io/ubuntu/cosmos-transfer1:latest python3 "
+        "/workspace/cosmos_workflow/worker.py run /workspace/cosmos_workflow/jobs/abc123"
+    )
+
+
+def test_docker_without_sudo_with_devices_and_check_args():
+    settings = RunnerSettings(
+        kind="docker",
+        remote_dir="/data/ct1",
+        sudo=False,
+        cuda_visible_devices="2",
+        hf_cache="/mnt/hf cache",
+    )
+    command = worker_command(settings, "j", "check", "--json")
+    assert command.startswith("docker run --rm --name cosmos-upsample-j --gpus '\"device=2\"' ")
+    assert "-e CUDA_VISIBLE_DEVICES=2" in command
+    assert "-v '/mnt/hf cache':/root/.cache/huggingface" in command
+    assert command.endswith("python3 /workspace/cosmos_workflow/worker.py check --json")
+
+
+def test_hostile_values_stay_data_in_a_real_shell(tmp_path: Path):
+    """Every value passes through a real `sh -c` unchanged and nothing executes."""
+    canary = tmp_path / f"canary-{uuid.uuid4().hex}"
+    hostile = f"$(touch {canary}) `touch {canary}` \"q\" 'q' ; touch {canary} \n x"
+    remote_dir = tmp_path / "remote $(x) dir"
+    (remote_dir / "cosmos_workflow").mkdir(parents=True)
+    # A stand-in "worker" that prints the argv and environment it received.
+    (remote_dir / "cosmos_workflow" / "worker.py").write_text(
+        "import json, os, sys\n"
+        "print(json.dumps({'argv': sys.argv[1:], 'env': os.environ.get('HOSTILE')}))\n"
+    )
+    settings = RunnerSettings(
+        kind="direct",
+        remote_dir=str(remote_dir),
+        python=sys.executable,
+        env={"HOSTILE": hostile},
+    )
+    command = worker_command(settings, "job", "run", hostile)
+    result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True)
+    echoed = json.loads(result.stdout)
+    assert echoed == {"argv": ["run", hostile], "env": hostile}
+    assert not canary.exists()
