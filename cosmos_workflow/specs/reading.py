@@ -1,0 +1,244 @@
+"""Reading and validating spec files and folders of specs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path, PureWindowsPath
+
+from ..errors import SpecError
+from .model import HINT_KEYS, SEED_ONLY_KEYS, PromptSpec, SpecFormat
+from .paths import is_windows_path, resolve_media
+
+# A spec is a few kB; anything this big is not one (and is not worth reading into memory).
+_MAX_SPEC_BYTES = 16 * 1024 * 1024
+
+
+def _fail(path: Path, reason: str, hint: str | None = None, code: str = "bad_spec") -> SpecError:
+    return SpecError(f"{path}: {reason}", hint, code=code)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        size = path.stat().st_size
+        if size > _MAX_SPEC_BYTES:
+            raise _fail(path, f"too large for a prompt spec ({size} bytes)")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise _fail(path, "no such file", code="spec_not_found") from None
+    except IsADirectoryError:
+        raise _fail(path, "is a folder, not a spec file") from None
+    except OSError as exc:
+        raise _fail(path, f"cannot be read ({exc.strerror or exc})") from None
+    try:
+        # utf-8-sig: editors on Windows like to prepend a byte-order mark.
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _fail(path, f"is not UTF-8 text (byte {exc.start})", code="bad_json") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _fail(
+            path,
+            f"not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})",
+            "fix the JSON syntax (a missing comma or quote is the usual cause)",
+            code="bad_json",
+        ) from None
+    if not isinstance(obj, dict):
+        raise _fail(path, f"a spec must be a JSON object, not {type(obj).__name__}")
+    return obj
+
+
+def _text(path: Path, obj: dict, key: str, *, required: bool = False) -> str | None:
+    if key not in obj or obj[key] is None:
+        if required:
+            raise _fail(
+                path,
+                f'has no "{key}"',
+                f'add a "{key}" string (an empty one lets the upsampler describe the video)',
+            )
+        return None
+    value = obj[key]
+    if not isinstance(value, str):
+        raise _fail(path, f'"{key}" must be a string, not {type(value).__name__}')
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _fail(path, f'"{key}" holds an unpaired UTF-16 surrogate (\\ud8xx escape)') from None
+    return value
+
+
+def _seed_controls(path: Path, obj: dict) -> dict[str, str]:
+    value = obj.get("control_inputs")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _fail(path, f'"control_inputs" must be an object, not {type(value).__name__}')
+    controls = {}
+    for name, control_path in value.items():
+        if control_path is None:
+            continue
+        if not isinstance(control_path, str):
+            raise _fail(path, f'"control_inputs.{name}" must be a path string')
+        controls[name] = control_path
+    return controls
+
+
+def _nvidia_controls(path: Path, obj: dict) -> dict[str, str]:
+    controls = {}
+    for key, value in obj.items():
+        if key in HINT_KEYS:
+            if not isinstance(value, dict):
+                raise _fail(path, f'hint "{key}" must be an object, not {type(value).__name__}')
+            control_path = value.get("input_control")
+            if control_path is None:
+                continue
+            if not isinstance(control_path, str):
+                raise _fail(path, f'"{key}.input_control" must be a path string')
+            controls[key] = control_path
+        elif isinstance(value, dict):
+            raise _fail(
+                path,
+                f'unknown key "{key}" holds an object; NVIDIA\'s transfer.py rejects it',
+                f"hint keys are {', '.join(HINT_KEYS)}; rename or remove {key!r}",
+            )
+    return controls
+
+
+def _spec_format(obj: dict) -> SpecFormat:
+    return SpecFormat.SEED if SEED_ONLY_KEYS & obj.keys() else SpecFormat.NVIDIA
+
+
+def load_spec(path: Path) -> PromptSpec:
+    """Read and validate one spec file; raises `SpecError` (path + one-line reason) if broken.
+
+    A video or control input that cannot be found does not raise: it is reported in
+    `video_error` / `control_errors`.
+    """
+    path = Path(os.path.abspath(path))
+    obj = _read_json(path)
+    spec_format = _spec_format(obj)
+    prompt = _text(path, obj, "prompt", required=True)
+    negative_prompt = _text(path, obj, "negative_prompt")
+    video_text = _text(path, obj, "input_video_path")
+    if spec_format is SpecFormat.SEED:
+        spec_id = _text(path, obj, "id")
+        name = _text(path, obj, "name") or path.stem
+        _text(path, obj, "timestamp")
+        _text(path, obj, "parent_prompt_text")
+        is_upsampled = obj.get("is_upsampled")
+        is_upsampled = False if is_upsampled is None else is_upsampled
+        if not isinstance(is_upsampled, bool):
+            raise _fail(path, '"is_upsampled" must be true or false')
+        written_controls = _seed_controls(path, obj)
+    else:
+        spec_id, name, is_upsampled = None, path.stem, False
+        written_controls = _nvidia_controls(path, obj)
+
+    if video_text is None:
+        video, video_error = (
+            None,
+            SpecError(
+                f"{path}: has no input_video_path",
+                "the upsampler looks at the video's first frames: add input_video_path",
+                code="no_video",
+            ),
+        )
+    else:
+        video, video_error = resolve_media(
+            video_text, key="input_video_path", spec_path=path, spec_format=spec_format
+        )
+    controls: dict[str, str] = {}
+    control_errors: dict[str, SpecError] = {}
+    for control, text in written_controls.items():
+        found, error = resolve_media(
+            text, key=f"control input {control!r}", spec_path=path, spec_format=spec_format
+        )
+        controls[control] = str(found) if found is not None else text
+        if error is not None:
+            control_errors[control] = error
+    return PromptSpec(
+        path=path,
+        format=spec_format,
+        id=spec_id,
+        name=name,
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        video=video,
+        video_error=video_error,
+        control_inputs=controls,
+        is_upsampled=is_upsampled,
+        raw=obj,
+        control_errors=control_errors,
+    )
+
+
+def _spec_files(folder: Path, recursive: bool) -> list[Path]:
+    """`*.json` in `folder` (and below), hidden files and folders skipped, sorted."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")] if recursive else []
+        for name in files:
+            if name.lower().endswith(".json") and not name.startswith("."):
+                found.append(Path(root) / name)
+    return sorted(found, key=lambda p: p.relative_to(folder).parts)
+
+
+def load_specs(
+    inputs: list[Path], *, recursive: bool = False
+) -> tuple[list[PromptSpec], list[SpecError]]:
+    """Load spec files and folders of specs (`*.json`; `recursive=True` descends).
+
+    Returns the specs that loaded, in input order (folders sorted by path), and one `SpecError`
+    per input that did not (its message starts with the path). A folder without any spec is an
+    error too.
+    """
+    specs: list[PromptSpec] = []
+    errors: list[SpecError] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            files = _spec_files(item, recursive)
+            if not files:
+                errors.append(
+                    _fail(
+                        item,
+                        "no *.json prompt specs in this folder"
+                        + ("" if recursive else " (subfolders not searched)"),
+                        "put spec .json files there, give another folder"
+                        + ("" if recursive else ", or use --recursive"),
+                        code="no_specs",
+                    )
+                )
+        else:
+            files = [item]
+        for file in files:
+            try:
+                specs.append(load_spec(file))
+            except SpecError as exc:
+                errors.append(exc)
+    return specs, errors
+
+
+def spec_for_video(video: Path, prompt: str) -> PromptSpec:
+    """A bare video given on the command line, as a seed-format spec without a file."""
+    text = str(video)
+    found, error = resolve_media(text, key="video", spec_path=None, spec_format=SpecFormat.SEED)
+    stem = PureWindowsPath(text).stem if is_windows_path(text) else Path(text).stem
+    raw = {
+        "name": stem,
+        "prompt": prompt,
+        "negative_prompt": None,
+        "input_video_path": text,
+        "control_inputs": {},
+    }
+    return PromptSpec(
+        path=None,
+        format=SpecFormat.SEED,
+        id=None,
+        name=stem,
+        prompt=prompt,
+        video=found,
+        video_error=error,
+        raw=raw,
+    )
