@@ -11,7 +11,8 @@ set -euo pipefail
 
 VLLM_VERSION=0.32.0
 TORCH_VERSION=2.13.0
-PY=${COSMOS_ENGINE_PYTHON:-python3.11}
+# The base interpreter (not COSMOS_ENGINE_PYTHON: that names the venv python this script prints).
+PY=${COSMOS_ENGINE_BASE_PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 PYVER=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')
 CACHE=${COSMOS_ENGINE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cosmos-workflow}
@@ -61,12 +62,17 @@ if spec is None:
 meta = pathlib.Path(spec.origin).parent / "_meta_registrations.py"
 src = meta.read_text()
 if "_cosmos_guard" not in src:
-    new = re.sub(
-        r'^(@register_meta\("(?:nms|qnms)"\))$',
+    # torchvision 0.28/0.29 write `@torch.library.register_fake("torchvision::nms")`, older ones
+    # `@register_meta("nms")`. Exactly two lines (nms, qnms) must change: if the file has moved
+    # on, fail here rather than leave an engine that cannot import.
+    new, count = re.subn(
+        r'^@((?:torch\.library\.register_fake|register_meta)\("(?:torchvision::)?q?nms"\))[ \t]*$',
         r'@(\1 if __import__("torchvision").extension._has_ops() else (lambda f: f))  # _cosmos_guard',
         src,
         flags=re.M,
     )
+    if count != 2:
+        raise SystemExit(f"{meta}: expected 2 nms/qnms registrations to guard, found {count}")
     meta.write_text(new)
 PYEOF
 
