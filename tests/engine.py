@@ -1,0 +1,118 @@
+"""How tests find and run the real vLLM engine (CPU build) with the tiny Pixtral model.
+
+The engine lives in its own venv, built by scripts/setup_engine.sh into a cache folder outside
+the clone (see shared/ENGINE.md). Tests never build it: CI runs setup_engine.sh before pytest
+and exports COSMOS_ENGINE_PYTHON; locally the cache path is found the way the script computes it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SETUP_SCRIPT = REPO / "scripts" / "setup_engine.sh"
+TINY_MODEL_SCRIPT = REPO / "scripts" / "make_tiny_model.py"
+WORKER = REPO / "cosmos_workflow" / "remote" / "worker.py"
+FAKE_VLLM = REPO / "tests" / "fake_vllm"
+
+
+def _script_versions() -> tuple[str, str]:
+    """(vLLM, torch) versions pinned by setup_engine.sh: its venv folder name carries them."""
+    text = SETUP_SCRIPT.read_text(encoding="utf-8")
+    vllm = re.search(r"^VLLM_VERSION=(\S+)", text, re.M)
+    torch = re.search(r"^TORCH_VERSION=(\S+)", text, re.M)
+    if not (vllm and torch):
+        raise RuntimeError(f"{SETUP_SCRIPT}: VLLM_VERSION / TORCH_VERSION not found")
+    return vllm.group(1), torch.group(1)
+
+
+def engine_cache_dir() -> Path:
+    """Where setup_engine.sh keeps its venvs (COSMOS_ENGINE_CACHE, else the user cache)."""
+    if os.environ.get("COSMOS_ENGINE_CACHE"):
+        return Path(os.environ["COSMOS_ENGINE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cosmos-workflow"
+
+
+def engine_python() -> str | None:
+    """The engine venv's python: COSMOS_ENGINE_PYTHON, else a complete venv in the cache."""
+    if os.environ.get("COSMOS_ENGINE_PYTHON"):
+        return os.environ["COSMOS_ENGINE_PYTHON"]
+    vllm, torch = _script_versions()
+    for venv in sorted(engine_cache_dir().glob(f"engine-vllm{vllm}-torch{torch}-py*")):
+        python = venv / "bin" / "python"
+        if (venv / ".complete").is_file() and python.is_file():
+            return str(python)
+    return None
+
+
+def require_engine_python() -> str:
+    """engine_python(), or stop: fail under CI=true (the engine must be tested), else skip."""
+    python = engine_python()
+    problem = None
+    if python is None:
+        problem = "no engine venv: run scripts/setup_engine.sh or set COSMOS_ENGINE_PYTHON"
+    elif not os.access(python, os.X_OK):
+        problem = f"COSMOS_ENGINE_PYTHON={python} is not an executable"
+    if problem is None:
+        return python
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"real-engine tests cannot run in CI: {problem}", pytrace=False)
+    pytest.skip(problem)
+
+
+def tiny_model_dir(python: str, cache_dir: Path | None = None) -> Path:
+    """The tiny Pixtral checkpoint, built once with make_tiny_model.py (idempotent, seconds).
+
+    Cached beside the engine venv by default, so it is rebuilt only with the venv.
+    """
+    out = cache_dir or Path(python).resolve().parents[1] / "tiny-pixtral"
+    subprocess.run(
+        [python, str(TINY_MODEL_SCRIPT), str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return out
+
+
+def engine_env(work_dir: Path) -> dict[str, str]:
+    """Environment for running the worker on the CPU engine, every cache inside work_dir."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COSMOS_", "VLLM_"))}
+    env.pop("PYTHONPATH", None)
+    env.update(
+        {
+            # vLLM's CPU backend otherwise reserves 7 GiB of KV cache; the tiny model needs little.
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            # Engine core in-process: start drops from minutes to seconds on 2 cores.
+            "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+            "VLLM_CACHE_ROOT": str(work_dir / "vllm-cache"),
+            "VLLM_CONFIG_ROOT": str(work_dir / "vllm-config"),
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+            "TORCHINDUCTOR_CACHE_DIR": str(work_dir / "inductor-cache"),
+            "TMPDIR": str(work_dir),
+            # Everything is local: nothing may reach for a model hub.
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "PYTHONNOUSERSITE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def fake_engine_env(log_path: Path, **controls: str) -> dict[str, str]:
+    """Environment that puts the stand-in vLLM (tests/fake_vllm) first on the import path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COSMOS_", "FAKE_VLLM_"))}
+    env["PYTHONPATH"] = str(FAKE_VLLM)
+    env["FAKE_VLLM_LOG"] = str(log_path)
+    env.update({f"FAKE_VLLM_{k.upper()}": str(v) for k, v in controls.items()})
+    return env
