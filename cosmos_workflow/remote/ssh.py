@@ -1,0 +1,452 @@
+"""One SSH connection to the GPU host, modelled on fabric's `Connection` (paramiko underneath).
+
+It connects lazily, is a context manager, keeps one SFTP client (closed before the SSH client),
+sends keepalives, and verifies host keys against known_hosts (hostkeys.py) instead of trusting
+whatever answers. Commands are argv lists quoted with `shlex.join`; file operations (transfer.py)
+are atomic. Every failure is an `SSHError` (or subclass) with a stable code and a hint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import logging
+import os
+import select
+import socket
+import stat
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+from ..errors import HostKeyError, SSHError
+from . import hostkeys
+from .base import (
+    Command,
+    CommandResult,
+    Counters,
+    LineCallback,
+    LineStream,
+    Stopwatch,
+    command_failed,
+    command_text,
+    command_timed_out,
+    shell_script,
+)
+from .hostkeys import HostKeyInfo
+from .transfer import SFTPOperations
+
+log = logging.getLogger(__name__)
+
+_READ_SIZE = 1 << 16
+# How long the read loop sleeps at most between checks of the deadline and the transport.
+_POLL_S = 0.5
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """Where and how to connect. `None` fields fall back to ~/.ssh/config, then to defaults.
+
+    `host` may be an alias from the ssh config file (`ssh_config`, default ~/.ssh/config):
+    its HostName, User, Port and IdentityFile apply unless given here. `known_hosts` defaults
+    to ~/.ssh/known_hosts. `host_key_policy` is "strict" or "accept-new".
+    """
+
+    host: str
+    user: str | None = None
+    port: int | None = None
+    ssh_key: Path | None = None
+    known_hosts: Path | None = None
+    host_key_policy: str = hostkeys.STRICT
+    connect_timeout_s: float = 10.0
+    keepalive_s: int = 30
+    ssh_config: Path | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedHost:
+    """HostSettings with the ssh config applied: exactly what the connection will use."""
+
+    alias: str
+    hostname: str
+    port: int
+    user: str
+    key_files: tuple[Path, ...]
+    known_hosts: Path
+
+    @property
+    def known_hosts_name(self) -> str:
+        return hostkeys.known_hosts_name(self.hostname, self.port)
+
+    @property
+    def description(self) -> str:
+        return f"{self.user}@{self.hostname}:{self.port}"
+
+
+def resolve_host(settings: HostSettings) -> ResolvedHost:
+    """Apply the ssh config file to `settings` and check the key files; no network."""
+    if not settings.host:
+        raise SSHError("no host configured", "set [remote] host in config.toml", code="no_host")
+    if settings.host_key_policy not in hostkeys.POLICIES:
+        raise SSHError(
+            f"host_key_policy = {settings.host_key_policy!r} is not one of {hostkeys.POLICIES}",
+            code="ssh_settings",
+        )
+    entry = _ssh_config_entry(settings)
+    if "proxyjump" in entry or "proxycommand" in entry:
+        raise SSHError(
+            f"{settings.host} uses ProxyJump/ProxyCommand in the ssh config, which is not "
+            "supported",
+            "connect to the host directly (set [remote] host to an address it answers on)",
+            code="ssh_config_unsupported",
+        )
+    if settings.ssh_key is not None:
+        key_files = (check_key_file(Path(settings.ssh_key).expanduser()),)
+    else:
+        # Like OpenSSH, IdentityFile entries that do not exist are skipped.
+        found = [Path(p).expanduser() for p in entry.get("identityfile", [])]
+        key_files = tuple(check_key_file(p) for p in found if p.exists())
+    return ResolvedHost(
+        alias=settings.host,
+        hostname=entry.get("hostname", settings.host),
+        port=int(settings.port or entry.get("port", 22)),
+        user=settings.user or entry.get("user") or getpass.getuser(),
+        key_files=key_files,
+        known_hosts=Path(settings.known_hosts or "~/.ssh/known_hosts").expanduser(),
+    )
+
+
+def _ssh_config_entry(settings: HostSettings) -> dict:
+    path = Path(settings.ssh_config or "~/.ssh/config").expanduser()
+    if not path.exists():
+        if settings.ssh_config is not None:
+            raise SSHError(f"ssh config {path} does not exist", code="ssh_config_missing")
+        return {}
+    try:
+        return dict(paramiko.SSHConfig.from_path(str(path)).lookup(settings.host))
+    except (paramiko.ssh_exception.ConfigParseError, ValueError) as e:
+        raise SSHError(f"cannot read ssh config {path}: {e}", code="ssh_config") from e
+
+
+def check_key_file(path: Path) -> Path:
+    """Refuse a missing key, and (like OpenSSH) one that group or others may read."""
+    if not path.is_file():
+        raise SSHError(
+            f"SSH key {path} does not exist",
+            "fix [remote] ssh_key, or leave it empty to use ~/.ssh/config or ssh-agent",
+            code="ssh_key_missing",
+        )
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if os.name == "posix" and mode & 0o077:
+        raise SSHError(
+            f"SSH key {path} has permissions {mode:04o}: others can read it, so it is refused",
+            f"run: chmod 600 {path}",
+            code="ssh_key_permissions",
+        )
+    return path
+
+
+def open_socket(host: ResolvedHost, timeout_s: float) -> socket.socket:
+    """A TCP connection to the host, with one clear error per way it can fail."""
+    where = f"{host.hostname}:{host.port}"
+    try:
+        return socket.create_connection((host.hostname, host.port), timeout=timeout_s)
+    except socket.gaierror as e:
+        raise SSHError(
+            f"cannot resolve host {host.hostname!r} ({e.strerror})",
+            "check [remote] host, or the HostName in your ssh config",
+            code="dns",
+        ) from e
+    except ConnectionRefusedError as e:
+        raise SSHError(
+            f"{where} refused the connection",
+            "is sshd running there, and is the port right?",
+            code="connection_refused",
+        ) from e
+    except TimeoutError as e:
+        raise SSHError(
+            f"no answer from {where} within {timeout_s:g} s",
+            "check the address, the firewall and that the host is up; "
+            "raise [remote] connect_timeout_s for slow links",
+            code="connect_timeout",
+        ) from e
+    except OSError as e:
+        raise SSHError(
+            f"cannot reach {where}: {e.strerror or e}",
+            "check the network and the address",
+            code="host_unreachable",
+        ) from e
+
+
+def _handshake_error(e: Exception, host: ResolvedHost, timeout_s: float, clock: Stopwatch):
+    # paramiko's handshake wait can end at the deadline without an error of its own (then the
+    # next step fails with "No existing session"), so the clock is the reliable witness.
+    if isinstance(e.__context__, TimeoutError) or clock.elapsed_s >= 0.9 * timeout_s:
+        return SSHError(
+            f"{host.hostname}:{host.port} accepted the connection but did not speak SSH "
+            f"within {timeout_s:g} s",
+            "is this the SSH port? raise [remote] connect_timeout_s for slow links",
+            code="connect_timeout",
+        )
+    return SSHError(
+        f"SSH handshake with {host.hostname}:{host.port} failed: {e}",
+        "is this the SSH port of the host?",
+        code="ssh_handshake",
+    )
+
+
+def trust_host(settings: HostSettings) -> HostKeyInfo:
+    """Fetch the host's key without logging in, and record it in known_hosts if it is new.
+
+    `recorded` is True if this call added the key, False if it was already on file. A key
+    that differs from the one on file raises `HostKeyError` ("host_key_changed") and changes
+    nothing. Non-22 ports are filed as `[host]:port`, as OpenSSH does.
+    """
+    host, key, known = _fetch_host_key(settings)
+    if not known:
+        hostkeys.append_known_host(host.known_hosts, host.known_hosts_name, key)
+    return HostKeyInfo(host.known_hosts_name, key.get_name(), key.fingerprint, not known, known)
+
+
+def host_key_fingerprint(settings: HostSettings) -> HostKeyInfo:
+    """The host's key type and SHA256 fingerprint (`SHA256:<base64, no padding>`), no login.
+
+    Records nothing. `known` says whether known_hosts already has this key; a different key on
+    file raises `HostKeyError` ("host_key_changed").
+    """
+    host, key, known = _fetch_host_key(settings)
+    return HostKeyInfo(host.known_hosts_name, key.get_name(), key.fingerprint, False, known)
+
+
+def _fetch_host_key(settings: HostSettings) -> tuple[ResolvedHost, paramiko.PKey, bool]:
+    host = resolve_host(settings)
+    known = hostkeys.load_known_hosts(host.known_hosts).lookup(host.known_hosts_name)
+    clock = Stopwatch()
+    sock = open_socket(host, settings.connect_timeout_s)
+    try:
+        key = hostkeys.fetch_server_key(sock, known, settings.connect_timeout_s)
+    except (paramiko.SSHException, OSError, EOFError) as e:
+        raise _handshake_error(e, host, settings.connect_timeout_s, clock) from e
+    finally:
+        sock.close()
+    on_file = hostkeys.check_against_known(host.known_hosts_name, key, known, host.known_hosts)
+    return host, key, on_file
+
+
+class Connection(SFTPOperations):
+    """One SSH connection to one host, opened on first use.
+
+    >>> with Connection(HostSettings("gpu-box")) as conn:
+    ...     conn.run(["nvidia-smi", "-L"]).stdout
+
+    Remote paths everywhere are absolute POSIX paths; `~` is never expanded.
+    """
+
+    def __init__(self, settings: HostSettings):
+        self.settings = settings
+        self.counters = Counters()
+        self._host: ResolvedHost | None = None
+        self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def host(self) -> ResolvedHost:
+        if self._host is None:
+            self._host = resolve_host(self.settings)
+        return self._host
+
+    @property
+    def description(self) -> str:
+        return self.host.description
+
+    @property
+    def is_connected(self) -> bool:
+        transport = self._client.get_transport() if self._client else None
+        return bool(transport and transport.is_active())
+
+    def connect(self) -> Connection:
+        """Open the SSH session now (it opens on first use otherwise). Idempotent."""
+        if self.is_connected:
+            return self
+        self.close()
+        host, timeout_s = self.host, self.settings.connect_timeout_s
+        log.debug("connecting to %s", host.description)
+        client = paramiko.SSHClient()
+        hostkeys.load_known_hosts(host.known_hosts, into=client.get_host_keys())
+        client.set_missing_host_key_policy(
+            hostkeys.KnownHostsPolicy(host.known_hosts, self.settings.host_key_policy)
+        )
+        clock = Stopwatch()
+        sock = open_socket(host, timeout_s)
+        try:
+            client.connect(
+                host.hostname,
+                port=host.port,
+                username=host.user,
+                key_filename=[str(p) for p in host.key_files] or None,
+                # The agent is always asked (it may hold a passphrase-protected key); ~/.ssh/id_*
+                # only when no key is configured, as OpenSSH does.
+                allow_agent=True,
+                look_for_keys=not host.key_files,
+                sock=sock,
+                timeout=timeout_s,
+                banner_timeout=timeout_s,
+                auth_timeout=timeout_s,
+                channel_timeout=timeout_s,
+            )
+        except HostKeyError:
+            client.close()
+            raise
+        except paramiko.BadHostKeyException as e:
+            client.close()
+            raise hostkeys.changed_host_error(
+                host.known_hosts_name, e.expected_key, e.key, host.known_hosts
+            ) from e
+        except paramiko.PasswordRequiredException as e:
+            client.close()
+            raise SSHError(
+                f"the SSH key for {host.description} is protected by a passphrase",
+                "load it into ssh-agent with `ssh-add <key>`",
+                code="ssh_key_passphrase",
+            ) from e
+        except paramiko.AuthenticationException as e:
+            client.close()
+            keys = ", ".join(str(p) for p in host.key_files) or "ssh-agent / ~/.ssh/id_*"
+            raise SSHError(
+                f"{host.description} refused our login (keys tried: {keys})",
+                f"check the user and that the key is in the host's authorized_keys; "
+                f"try `ssh -p {host.port} {host.user}@{host.hostname}`",
+                code="auth_failed",
+            ) from e
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            client.close()
+            raise _handshake_error(e, host, timeout_s, clock) from e
+        transport = client.get_transport()
+        if self.settings.keepalive_s > 0:
+            transport.set_keepalive(self.settings.keepalive_s)
+        self._client = client
+        self.counters.connect += 1
+        return self
+
+    def close(self) -> None:
+        """Close SFTP, then SSH (fabric's order). Safe to call twice; the next call reconnects."""
+        if self._sftp is not None:
+            with contextlib.suppress(Exception):
+                self._sftp.close()
+            self._sftp = None
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+            self._client = None
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "connected" if self.is_connected else "not connected"
+        return f"<Connection {self.settings.host} {state}>"
+
+    @property
+    def client(self) -> paramiko.SSHClient:
+        self.connect()
+        return self._client
+
+    @property
+    def sftp(self) -> paramiko.SFTPClient:
+        """The one SFTP client of this connection, opened on first use."""
+        if self._sftp is None or not self.is_connected:
+            client = self.client
+            with self._lost_on_failure("opening SFTP"):
+                self._sftp = client.open_sftp()
+        return self._sftp
+
+    @contextlib.contextmanager
+    def _lost_on_failure(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except (paramiko.SSHException, EOFError, ConnectionError, TimeoutError) as e:
+            self.close()
+            raise SSHError(
+                f"lost the connection to {self.host.description} while {doing}",
+                "check the network and the host, then run the command again",
+                code="connection_lost",
+            ) from e
+
+    # --- commands -----------------------------------------------------------------------------
+
+    def run(
+        self,
+        command: Command,
+        *,
+        check: bool = True,
+        on_stdout: LineCallback | None = None,
+        on_stderr: LineCallback | None = None,
+        timeout_s: float | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> CommandResult:
+        """Run `command` on the host and return its record; raise if it exits non-zero.
+
+        `command` is an argv list (quoted with `shlex.join`) or a `ShellCommand`. Output is
+        collected; `on_stdout` / `on_stderr` also get each line as it arrives. `cwd` (absolute)
+        and `env` are applied by a quoted `cd` / `export` prefix, so they work whatever the
+        server's AcceptEnv says. `check=False` returns the record of a failed command instead
+        of raising `RemoteCommandError`. On timeout the channel is closed and
+        `RemoteCommandError` ("command_timeout") raised; a remote process that ignores its
+        closed pipes may keep running. No tty is allocated; stdin is closed.
+        """
+        text = command_text(command)
+        script = shell_script(text, cwd=cwd, env=env)
+        transport = self.client.get_transport()
+        self.counters.exec += 1
+        clock = Stopwatch()
+        out, err = LineStream(on_stdout), LineStream(on_stderr)
+        with self._lost_on_failure(f"running `{text[:60]}`"):
+            channel = transport.open_session(timeout=self.settings.connect_timeout_s)
+            try:
+                channel.exec_command(script)
+                channel.shutdown_write()
+                finished = self._pump(channel, out, err, clock, timeout_s)
+                exit_code = channel.recv_exit_status() if finished else None
+            finally:
+                channel.close()
+        result = CommandResult(text, exit_code, out.finish(), err.finish(), clock.elapsed_s)
+        if not finished:
+            raise command_timed_out(result, timeout_s, self.host.hostname)
+        if check and exit_code != 0:
+            raise command_failed(result, self.host.hostname)
+        return result
+
+    def _pump(self, channel, out, err, clock: Stopwatch, timeout_s: float | None) -> bool:
+        """Move output into `out`/`err` until the command ends (True) or times out (False)."""
+        transport = channel.get_transport()
+        while True:
+            if channel.recv_ready():
+                out.feed(channel.recv(_READ_SIZE))
+            elif channel.recv_stderr_ready():
+                err.feed(channel.recv_stderr(_READ_SIZE))
+            elif channel.closed or (channel.status_event.is_set() and channel.eof_received):
+                # A channel closed by a dying transport has no exit status (-1 stays); one
+                # killed by a signal has none either, but its transport lives on.
+                if channel.exit_status == -1 and not transport.is_active():
+                    raise EOFError("the connection dropped before the command ended")
+                return True
+            else:
+                wait_s = _POLL_S
+                if timeout_s is not None:
+                    wait_s = min(wait_s, timeout_s - clock.elapsed_s)
+                    if wait_s <= 0:
+                        return False
+                # After EOF the channel's pipe stays readable, so select would spin: wait for
+                # the exit status instead.
+                if channel.eof_received:
+                    channel.status_event.wait(wait_s)
+                else:
+                    select.select([channel], [], [], wait_s)
