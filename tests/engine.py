@@ -71,15 +71,23 @@ def tiny_model_dir(python: str, cache_dir: Path | None = None) -> Path:
 
     Cached beside the engine venv by default, so it is rebuilt only with the venv.
     """
-    out = cache_dir or Path(python).resolve().parents[1] / "tiny-pixtral"
+    if cache_dir is None:
+        # The venv folder: sys.prefix, as the python's path may be a symlink out of the venv.
+        prefix = subprocess.run(
+            [python, "-c", "import sys; print(sys.prefix)"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        cache_dir = Path(prefix) / "tiny-pixtral"
     subprocess.run(
-        [python, str(TINY_MODEL_SCRIPT), str(out)],
+        [python, str(TINY_MODEL_SCRIPT), str(cache_dir)],
         check=True,
         capture_output=True,
         text=True,
         timeout=300,
     )
-    return out
+    return cache_dir
 
 
 def engine_env(work_dir: Path) -> dict[str, str]:
