@@ -76,12 +76,14 @@ class Remote:
         (job_dir / "batch.json").write_text(json.dumps(batch), encoding="utf-8")
         return job_dir
 
-    def run(self, *args: str, path: str | None = None, **controls) -> subprocess.CompletedProcess:
+    def run(
+        self, *args: str, path: str | None = None, python: str = sys.executable, **controls
+    ) -> subprocess.CompletedProcess:
         """Run worker.py with the stand-in engine; controls become FAKE_VLLM_* variables."""
         env = fake_engine_env(self.engine_log, **controls)
         if path is not None:
             env["PATH"] = path
-        cmd = [sys.executable, str(self.root / "worker.py"), *args]
+        cmd = [python, str(self.root / "worker.py"), *args]
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
 
     def engine_events(self, event: str) -> list:
@@ -534,11 +536,18 @@ def test_check_without_gpu_or_checkpoint_is_not_ready_and_says_why(remote, tmp_p
     assert any(str(expected) in p for p in report["problems"])
 
 
-def test_check_text_output_ends_with_the_verdict(remote):
-    proc = remote.run("check", "--model", str(remote.model))
+def test_check_text_output_lists_each_finding_and_ends_with_the_verdict(remote, tmp_path):
+    write_fake_nvidia_smi(tmp_path / "bin")
+    path = f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"
 
-    assert proc.stdout.splitlines()[-1] in ("ready", "not ready")
-    assert "vllm     0.0-standin" in proc.stdout
+    proc = remote.run("check", "--model", str(remote.model), path=path)
+
+    assert proc.returncode == 0
+    lines = proc.stdout.splitlines()
+    assert "vllm     0.0-standin" in lines
+    assert "gpu      NVIDIA H100 80GB HBM3, 81559 MiB total, 3 MiB used" in lines
+    assert f"model    {remote.model}" in lines
+    assert lines[-1] == "ready"
 
 
 def test_worker_runs_alone_in_isolated_python(tmp_path):
@@ -552,6 +561,31 @@ def test_worker_runs_alone_in_isolated_python(tmp_path):
     report = json.loads(proc.stdout)
     assert report["vllm"]["version"] is None
     assert "No module named 'vllm'" in report["vllm"]["error"]
+
+
+def find_python(version: str) -> str | None:
+    """An interpreter of that version that really runs (pyenv shims may only pretend)."""
+    pyenv = sorted(Path.home().glob(f".pyenv/versions/{version}.*/bin/python{version}"))
+    for candidate in [*map(str, pyenv), shutil.which(f"python{version}")]:
+        if candidate and subprocess.run([candidate, "-c", ""], capture_output=True).returncode == 0:
+            return candidate
+    return None
+
+
+@pytest.mark.parametrize("version", ["3.10", "3.12"])
+def test_worker_runs_a_job_on_other_supported_pythons(remote, version):
+    """GPU hosts and Docker images bring their own Python (3.10 to 3.12)."""
+    python = find_python(version)
+    if python is None:
+        pytest.skip(f"python{version} not installed")
+    frames = [remote.frame(320, 180)] * 2
+    job_dir = remote.job([{"id": "a", "prompt": "x", "frames": frames}])
+
+    proc = remote.run("run", str(job_dir), python=python)
+
+    assert proc.returncode == 0, proc.stderr
+    assert status(job_dir)["python"].startswith(version + ".")
+    assert results(job_dir)[0]["error"] is None
 
 
 def test_worker_imports_only_the_standard_library_and_vllm():

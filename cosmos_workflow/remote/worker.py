@@ -188,6 +188,11 @@ def frame_path(root: str, frame: str) -> str:
     return frame if os.path.isabs(frame) else os.path.join(root, frame)
 
 
+def read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def build_conversation(frames_png: list, prompt: str) -> list:
     """One user message, frames first then the text: NVIDIA's upsampler message, exactly."""
     content = [
@@ -241,6 +246,18 @@ class JobFiles:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.status_path)
+
+    def count(self, record: dict) -> dict:
+        """Count one new result; returns the progress line's fields."""
+        with self._lock:
+            self.status["failed" if record["error"] else "done"] += 1
+            s = self.status
+            return {
+                "done": s["done"],
+                "failed": s["failed"],
+                "total": s["total"],
+                "id": record["id"],
+            }
 
     def read_finished(self) -> dict:
         """Results already written, by id. A partial last line (crash mid-write) is cut off."""
@@ -460,15 +477,11 @@ def run_job(job_dir: str, model_override: str | None) -> int:
         files.update_status(state="running")
 
         for first in range(0, len(pending), settings["chunk_size"]):
-            chunk_items = pending[first : first + settings["chunk_size"]]
             records, chunk = [], []
-            for item in chunk_items:
+            for item in pending[first : first + settings["chunk_size"]]:
                 try:
-                    pngs = []
-                    for frame in item.get("frames", []):
-                        with open(frame_path(root, frame), "rb") as f:
-                            pngs.append(f.read())
-                except OSError as e:
+                    pngs = [read_bytes(frame_path(root, f)) for f in item.get("frames", [])]
+                except OSError as e:  # missing or unreadable: the engine never sees this item
                     records.append(error_record(item["id"], e, 0.0))
                     continue
                 chunk.append((item["id"], build_conversation(pngs, item.get("prompt", ""))))
@@ -477,13 +490,8 @@ def run_job(job_dir: str, model_override: str | None) -> int:
             files.append_results(records)
             for record in records:
                 if record["error"]:
-                    files.status["failed"] += 1
                     log.warning("item %s failed: %s", record["id"], record["error"]["message"])
-                else:
-                    files.status["done"] += 1
-                s = files.status
-                progress = {"done": s["done"], "failed": s["failed"], "total": s["total"]}
-                progress["id"] = record["id"]
+                progress = files.count(record)
                 print(PROGRESS_PREFIX + json.dumps(progress, ensure_ascii=False), flush=True)
             files.update_status()
         files.update_status(state="done", finished_at=time.time())
@@ -570,9 +578,11 @@ def print_check(report: dict) -> None:
     vllm_info = report["vllm"]
     print(f"python   {report['python']} ({report['python_executable']})")
     print(f"vllm     {vllm_info['version'] or 'not importable: ' + str(vllm_info['error'])}")
-    for gpu in report["gpus"] or [{"name": "none", "memory_total_mib": None}]:
-        used = gpu.get("memory_used_mib")
-        print(f"gpu      {gpu['name']} {gpu['memory_total_mib']} MiB total, {used} MiB used")
+    for gpu in report["gpus"]:
+        total, used = gpu["memory_total_mib"], gpu["memory_used_mib"]
+        print(f"gpu      {gpu['name']}, {total} MiB total, {used} MiB used")
+    if not report["gpus"]:
+        print("gpu      none")
     print(f"model    {report['model']['path']}")
     for name, size in report["model"]["files"].items():
         print(f"  {name:26} {'missing' if size is None else f'{size} bytes'}")
