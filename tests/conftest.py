@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# The real OpenSSH sshd fixture (and its helpers) for every test module.
+pytest_plugins = ["tests.sshd"]
+
 REPO = Path(__file__).resolve().parents[1]
 MEDIA = REPO.parent / "shared" / "media"
 ASSETS = MEDIA / "cosmos-transfer1" / "assets"

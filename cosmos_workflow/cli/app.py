@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import check, config_cmd, limits, prepare
+from . import check, config_cmd, limits, prepare, remote, upsample
 
 app = typer.Typer(
     name="cosmos",
@@ -33,7 +33,9 @@ def _main(
     ctx: typer.Context,
     config: Annotated[
         Path | None,
-        typer.Option("--config", help="Config file to use instead of ./config.toml.", dir_okay=False),
+        typer.Option(
+            "--config", help="Config file to use instead of ./config.toml.", dir_okay=False
+        ),
     ] = None,
     version: Annotated[
         bool,
@@ -46,6 +48,8 @@ def _main(
 app.command("check")(check.check)
 app.command("limits")(limits.limits)
 app.command("prepare")(prepare.prepare)
+app.command("upsample")(upsample.upsample)
+app.add_typer(remote.app, name="remote")
 app.add_typer(config_cmd.app, name="config")
 
 

@@ -30,15 +30,15 @@ def render_items(items: list[CheckItem], title: str) -> None:
         table.add_row(
             item.name,
             size(item.source_width, item.source_height),
-            f"{item.frames}×{size(item.frame_width, item.frame_height)}",
+            f"{item.frames}×{size(item.frame_width, item.frame_height)}"
+            if item.frame_width
+            else "-",
             _n(item.image_tokens),
             _n(item.text_tokens),
             _n(item.prompt_tokens),
             _n(item.room_for_output),
             f"[{style}]{item.verdict}[/]",
-            size(item.recommended_width, item.recommended_height)
-            if item.verdict != "fits"
-            else "",
+            size(item.recommended_width, item.recommended_height) if item.verdict != "fits" else "",
         )
     out.print(table)
     for item in items:

@@ -50,7 +50,9 @@ def limits(
             output_tokens=up.output_tokens,
         )
     except ValueError as exc:
-        raise CosmosError(str(exc), 'use an aspect like "16:9" or "1.78"', code="bad_aspect")
+        raise CosmosError(
+            str(exc), 'use an aspect like "16:9" or "1.78"', code="bad_aspect"
+        ) from None
     if json_output:
         print_json({"limits": rows})
         return

@@ -14,9 +14,11 @@ from rich.console import Console
 
 from ..errors import CosmosError
 
-# Data (tables, JSON) goes to stdout; progress, warnings and errors to stderr.
-out = Console(soft_wrap=True, highlight=False)
-err = Console(stderr=True, soft_wrap=True, highlight=False)
+# Data (tables, JSON) goes to stdout; progress, warnings and errors to stderr. When stdout is not
+# a terminal (a pipe, a file, CI logs) tables get room instead of rich's 80-column default.
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+out = Console(soft_wrap=True, highlight=False, width=_WIDTH)
+err = Console(stderr=True, soft_wrap=True, highlight=False, width=_WIDTH)
 
 
 def print_json(data: Any) -> None:

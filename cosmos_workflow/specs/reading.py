@@ -10,6 +10,10 @@ from ..errors import SpecError
 from .model import HINT_KEYS, SEED_ONLY_KEYS, PromptSpec, SpecFormat
 from .paths import is_windows_path, resolve_media
 
+# `cosmos upsample` writes its run record (run.json) beside the specs it writes; a folder load
+# passes over such records instead of reporting them as broken specs.
+RUN_RECORD_KIND = "cosmos-run-record"
+
 # A spec is a few kB; anything this big is not one (and is not worth reading into memory).
 _MAX_SPEC_BYTES = 16 * 1024 * 1024
 
@@ -117,6 +121,8 @@ def load_spec(path: Path) -> PromptSpec:
     """
     path = Path(os.path.abspath(path))
     obj = _read_json(path)
+    if obj.get("kind") == RUN_RECORD_KIND:
+        raise _fail(path, "is a cosmos run record, not a prompt spec", code="run_record")
     spec_format = _spec_format(obj)
     prompt = _text(path, obj, "prompt", required=True)
     negative_prompt = _text(path, obj, "negative_prompt")
@@ -216,7 +222,8 @@ def load_specs(
             try:
                 specs.append(load_spec(file))
             except SpecError as exc:
-                errors.append(exc)
+                if not (exc.code == "run_record" and file is not item):
+                    errors.append(exc)
     return specs, errors
 
 

@@ -3,7 +3,8 @@
 It holds the effective `Config` and mixes in one mixin per concern:
 
 - `ResolutionMixin` (resolution.py): exact token checks, the limits table, frame preparation;
-- `UpsampleMixin` (upsample.py): plan → stage → ship → run the worker → collect.
+- `UpsampleMixin` (upsample.py): plan → stage → ship → run the worker → collect;
+- `RemoteMixin` (remote_ops.py): host readiness and host-key trust.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from pathlib import Path
 
 from .. import media
 from ..config import Config, load_config, user_cache_dir
+from .remote_ops import RemoteMixin
 from .resolution import ResolutionMixin
+from .upsample import UpsampleMixin
 
 
-class WorkflowOrchestrator(ResolutionMixin):
+class WorkflowOrchestrator(ResolutionMixin, UpsampleMixin, RemoteMixin):
     """Everything `cosmos` does, callable from Python.
 
     >>> orchestrator = WorkflowOrchestrator()          # ./config.toml, env, defaults

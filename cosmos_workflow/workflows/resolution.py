@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .. import media, tokens
 from ..errors import CosmosError, MediaError, SpecError
-from ..specs import PromptSpec, load_spec, load_specs, spec_for_video
+from ..specs import PromptSpec, load_spec, load_specs, safe_file_stem, spec_for_video
 
 _BOX_RE = re.compile(r"^\s*(\d+)\s*[x×X]\s*(\d+)\s*$")
 
@@ -239,7 +239,7 @@ class ResolutionMixin:
             ffprobe=self.ffprobe,
             min_frames=budget.frames,
         )
-        for item, probed in zip(to_probe, probes):
+        for item, probed in zip(to_probe, probes, strict=True):
             if isinstance(probed, CosmosError):
                 item.error = _error_dict(probed)
                 continue
@@ -264,9 +264,7 @@ class ResolutionMixin:
             count.prompt_tokens, budget.max_model_len, budget.output_tokens
         ).value
         if item.verdict != tokens.Verdict.FITS.value:
-            best = choose_size(
-                (info.width, info.height), text_tokens, Resolution("auto"), budget
-            )
+            best = choose_size((info.width, info.height), text_tokens, Resolution("auto"), budget)
             if best is not None:
                 item.recommended_width, item.recommended_height = best
 
@@ -353,7 +351,7 @@ class ResolutionMixin:
         for item in report.items:
             if item.error is None:
                 try:
-                    item_dir = Path(out_dir) / _safe_name(item.name)
+                    item_dir = Path(out_dir) / safe_file_stem(item.name)
                     self._prepare_item(item, cache, item_dir, budget, preview)
                 except MediaError as exc:
                     item.error = _error_dict(exc)
@@ -362,9 +360,7 @@ class ResolutionMixin:
         return report
 
     def _prepare_item(self, item, cache, item_dir: Path, budget: Budget, preview: bool) -> None:
-        prepared = cache.frames(
-            item.spec.video, item.frame_width, item.frame_height, budget.frames
-        )
+        prepared = cache.frames(item.spec.video, item.frame_width, item.frame_height, budget.frames)
         item_dir.mkdir(parents=True, exist_ok=True)
         written = []
         for index, src in enumerate(prepared.paths):
@@ -389,8 +385,3 @@ def _with_prompt(spec: PromptSpec, prompt: str) -> PromptSpec:
     from dataclasses import replace
 
     return replace(spec, prompt=prompt)
-
-
-def _safe_name(name: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "item"
-    return cleaned[:100]

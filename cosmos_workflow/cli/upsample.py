@@ -1,0 +1,130 @@
+"""`cosmos upsample`: the main job — specs in, upsampled specs out, the model on the GPU host."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .common import orchestrator
+from .output import err, handle_errors, out, print_json
+
+
+def _render(record) -> None:
+    data = record.to_dict()
+    title = "dry run: nothing sent" if record.dry_run else f"job {record.job_id}"
+    table = Table(title=title)
+    for column in ("item", "status", "frames", "prompt tokens", "output", "detail"):
+        table.add_column(column)
+    for item in data["items"]:
+        frames = (
+            f"{item['frames']}×{item['frame_width']}×{item['frame_height']}"
+            if item["frame_width"]
+            else "-"
+        )
+        tokens = item["prompt_tokens_engine"] or item["prompt_tokens_local"]
+        detail = (item["error"] or {}).get("message") or item["finish_reason"] or ""
+        style = {"ok": "green", "failed": "red", "skipped": "yellow"}.get(item["status"], "")
+        table.add_row(
+            item["name"],
+            f"[{style}]{item['status']}[/]" if style else item["status"],
+            frames,
+            "-" if tokens is None else f"{tokens:,}",
+            item["output"] or "-",
+            detail,
+        )
+    out.print(table)
+    for error in data["load_errors"]:
+        err.print(f"[red]error:[/] {error['message']}", markup=True)
+    if record.dry_run:
+        err.print(f"would send up to {record.bytes_to_send:,} bytes of frames")
+        if record.remote_command:
+            err.print(f"would run: {record.remote_command}", markup=False)
+    else:
+        counts = data["counts"]
+        err.print(
+            f"{counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped "
+            f"in {record.duration_s:.1f} s; {record.bytes_sent:,} bytes sent"
+        )
+
+
+@handle_errors
+def upsample(
+    ctx: typer.Context,
+    inputs: Annotated[list[Path], typer.Argument(help="Spec .json files or folders of specs.")],
+    preprocess_videos: Annotated[
+        bool,
+        typer.Option(help="Resize clips to safe_resolution (or --max-resolution) first."),
+    ] = False,
+    max_resolution: Annotated[
+        str | None,
+        typer.Option(help='Frame size: a height like 480, WxH (kept in aspect), or "auto".'),
+    ] = None,
+    num_frames: Annotated[
+        int | None, typer.Option(min=1, help="Frames the model sees (default 2).")
+    ] = None,
+    num_gpu: Annotated[
+        int | None, typer.Option(min=1, help="GPUs for the model (tensor parallel).")
+    ] = None,
+    save_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where upsampled specs go (default: local_outputs_dir)."),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="Show the plan; send nothing.")] = False,
+    force: Annotated[bool, typer.Option(help="Upsample specs already upsampled too.")] = False,
+    recursive: Annotated[bool, typer.Option(help="Descend into sub-folders.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the run record.")] = False,
+) -> None:
+    """Upsample prompts with Cosmos' Pixtral upsampler on the GPU host, in one batch.
+
+    Example: cosmos upsample inputs/prompts/ --preprocess-videos --save-dir outputs/
+
+    Exit codes: 0 all items upsampled; 1 some items failed (see the table or run.json);
+    2 bad input; 3 unreadable video; 4 SSH or transfer failure; 5 the worker failed.
+    """
+    orch = orchestrator(ctx)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+    task = progress.add_task("preparing", total=None, failed=0)
+
+    def on_event(kind: str, **data) -> None:
+        if kind == "stage":
+            progress.update(task, description=data["message"])
+        elif kind == "progress":
+            progress.update(
+                task,
+                total=data.get("total"),
+                completed=data.get("done", 0) + data.get("failed", 0),
+                failed=data.get("failed", 0),
+            )
+        elif kind == "log":
+            progress.console.print(data["line"], markup=False, highlight=False)
+
+    with progress:
+        record = orch.upsample(
+            inputs,
+            save_dir=save_dir,
+            preprocess=preprocess_videos,
+            max_resolution=max_resolution,
+            num_frames=num_frames,
+            num_gpu=num_gpu,
+            dry_run=dry_run,
+            force=force,
+            recursive=recursive,
+            on_event=on_event,
+        )
+    if json_output:
+        print_json(record.to_dict())
+    else:
+        _render(record)
+    raise typer.Exit(record.exit_code)

@@ -1,0 +1,98 @@
+"""Remote mixin: host readiness (`cosmos remote check`) and host-key trust."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import shlex
+from pathlib import Path
+
+from ..errors import CosmosError, RemoteCommandError
+from ..fsutil import sha256_file
+from ..remote import runner as runners
+from ..remote.base import ShellCommand
+
+
+class RemoteMixin:
+    """Needs `self.config` and `self.runner_settings()` (UpsampleMixin)."""
+
+    def host_settings(self):
+        """The SSH settings from `[remote]` (port and user only when set, so an alias's apply)."""
+        from ..remote import ssh
+
+        remote = self.config.remote
+        if not remote.host:
+            raise CosmosError(
+                "no GPU host configured",
+                'set [remote] host in config.toml (or COSMOS_REMOTE_HOST), or transport = "local"',
+                code="no_host",
+            )
+        return ssh.HostSettings(
+            host=remote.host,
+            user=remote.user or None,
+            port=remote.port if self.config.sources.get("remote.port") else None,
+            ssh_key=Path(remote.ssh_key) if remote.ssh_key else None,
+            known_hosts=Path(remote.known_hosts) if remote.known_hosts else None,
+            host_key_policy=remote.host_key_policy,
+            connect_timeout_s=remote.connect_timeout_s,
+        )
+
+    def connect(self):
+        """A connection to the host (`[remote] transport = "ssh"`) or to this machine."""
+        from ..remote import local, ssh
+
+        if self.config.remote.transport == "local":
+            return local.LocalConnection()
+        return ssh.Connection(self.host_settings())
+
+    def ensure_worker(self, conn, root: str, *extra_dirs: str) -> bool:
+        """Create our folders (and `extra_dirs`) on the host; upload worker.py if it differs.
+
+        One exec, plus one upload only when needed. Returns True when the worker was sent.
+        """
+        from .upsample import WORKER_FILE
+
+        worker = posixpath.join(root, "worker.py")
+        folders = [posixpath.join(root, "cache"), posixpath.join(root, "jobs"), *extra_dirs]
+        command = (
+            f"mkdir -p {shlex.join(folders)} && "
+            f"(sha256sum {shlex.quote(worker)} 2>/dev/null || true)"
+        )
+        remote_hash = conn.run(ShellCommand(command)).stdout.split(" ")[0].strip()
+        if remote_hash == sha256_file(WORKER_FILE):
+            return False
+        conn.put(WORKER_FILE, worker)
+        return True
+
+    def remote_check(self) -> dict:
+        """Run `worker.py check` on the host: Python, vLLM, GPUs, checkpoint files, free disk."""
+        runner = self.runner_settings()
+        checkpoint_dir = self.engine_settings(self.budget()).checkpoint_dir
+        with self.connect() as conn:
+            self.ensure_worker(conn, runner.root)
+            command = runners.worker_command(
+                runner, "check", "check", "--json", "--checkpoint-dir", checkpoint_dir
+            )
+            result = conn.run(ShellCommand(command), check=False)
+        try:
+            report = json.loads(result.stdout)
+        except json.JSONDecodeError:
+            raise RemoteCommandError(
+                f"`worker.py check` exited with code {result.exit_code} and printed no report",
+                "see its stderr: " + (result.stderr.strip().splitlines() or ["(empty)"])[-1],
+                result=result,
+            ) from None
+        report["exit_code"] = result.exit_code
+        return report
+
+    def host_key(self):
+        """The host's key type and fingerprint, without logging in or recording anything."""
+        from ..remote import ssh
+
+        return ssh.host_key_fingerprint(self.host_settings())
+
+    def trust_host(self):
+        """Fetch the host's key (no login) and record it in known_hosts."""
+        from ..remote import ssh
+
+        return ssh.trust_host(self.host_settings())

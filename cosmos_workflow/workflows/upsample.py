@@ -1,0 +1,332 @@
+"""Upsample mixin: load → plan → stage → ship → run the worker → collect.
+
+Everything that can fail locally (specs, videos, token budget, output names, the save folder)
+fails before any network traffic. One connection carries a whole batch, in a number of SSH
+operations that does not grow with the batch (see `RunRecord.ops`).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .. import tokens
+from ..errors import CosmosError, MediaError, SpecError, WorkerError
+from ..fsutil import atomic_write_json
+from ..remote import runner as runners
+from ..remote.base import ShellCommand
+from ..remote.transfer import upload_to_cache
+from ..specs import output_names, upsampled_spec, write_spec
+from .jobs import (
+    EngineSettings,
+    PlannedItem,
+    RunRecord,
+    batch_json,
+    job_id_for,
+    parse_progress,
+    parse_results,
+)
+from .resolution import Budget, CheckItem, Resolution
+
+WORKER_FILE = Path(__file__).resolve().parent.parent / "remote" / "worker.py"
+MODEL_NAME = "nvidia/Cosmos-UpsamplePrompt1-12B-Transfer"
+
+Events = Callable[..., None]
+
+
+def _quiet(kind: str, **data) -> None:
+    """Default event sink: the library never prints."""
+
+
+def _error(exc: CosmosError) -> dict:
+    return {"code": exc.code, "message": exc.message, "hint": exc.hint}
+
+
+class UpsampleMixin:
+    """`upsample()`, mixed into `WorkflowOrchestrator` (needs `self.config`, ResolutionMixin)."""
+
+    # -- settings from config ---------------------------------------------------------------
+
+    def runner_settings(self) -> runners.RunnerSettings:
+        c = self.config
+        return runners.RunnerSettings(
+            kind=c.worker.runner,
+            remote_dir=c.paths.remote_dir,
+            python=c.worker.python,
+            image=c.docker.image,
+            sudo=c.docker.sudo,
+            shm_size=c.docker.shm_size,
+            hf_cache=c.docker.hf_cache,
+            cuda_visible_devices=c.worker.cuda_visible_devices,
+            env=dict(c.worker.env),
+        )
+
+    def engine_settings(self, budget: Budget, num_gpu: int | None = None) -> EngineSettings:
+        c = self.config
+        checkpoint_dir = c.checkpoint_dir()
+        if c.worker.runner == "docker" and checkpoint_dir.startswith(c.paths.remote_dir):
+            # Inside the container the checkout is mounted at /workspace.
+            checkpoint_dir = runners.CONTAINER_WORKSPACE + checkpoint_dir[len(c.paths.remote_dir) :]
+        return EngineSettings(
+            max_model_len=budget.max_model_len,
+            max_tokens=budget.output_tokens,
+            frames=budget.frames,
+            temperature=c.worker.temperature,
+            max_num_seqs=c.worker.max_num_seqs,
+            tensor_parallel_size=num_gpu or c.worker.num_gpu,
+            enforce_eager=c.worker.enforce_eager,
+            checkpoint_dir=checkpoint_dir,
+        )
+
+    # -- the pipeline -----------------------------------------------------------------------
+
+    def upsample(
+        self,
+        inputs: list[Path],
+        *,
+        save_dir: Path | None = None,
+        preprocess: bool = False,
+        max_resolution: str | None = None,
+        num_frames: int | None = None,
+        num_gpu: int | None = None,
+        dry_run: bool = False,
+        force: bool = False,
+        recursive: bool = False,
+        on_event: Events = _quiet,
+    ) -> RunRecord:
+        """Upsample every spec in `inputs` in one job on the host; write specs to `save_dir`."""
+        save_dir = Path(save_dir or self.config.paths.local_outputs_dir)
+        budget = self.budget(frames=num_frames)
+        engine = self.engine_settings(budget, num_gpu)
+        runner = self.runner_settings()
+        record = RunRecord(
+            job_id=None,
+            host=self.config.remote.host if self.config.remote.transport == "ssh" else "local",
+            transport=self.config.remote.transport,
+            runner=runner.kind,
+            model=MODEL_NAME,
+            settings={
+                "max_model_len": engine.max_model_len,
+                "output_tokens": engine.max_tokens,
+                "frames": engine.frames,
+                "temperature": engine.temperature,
+                "max_num_seqs": engine.max_num_seqs,
+                "tensor_parallel_size": engine.tensor_parallel_size,
+            },
+            dry_run=dry_run,
+        )
+        started = time.monotonic()
+        items, load_errors = self._plan(
+            inputs, save_dir, budget, preprocess, max_resolution, force, recursive
+        )
+        record.items = items
+        record.load_errors = [_error(e) for e in load_errors]
+        if not dry_run:
+            _check_writable(save_dir)
+        on_event("stage", message=f"planned {len(items)} item(s)")
+        self._stage(items, budget)
+        record.timings_s["plan_and_stage"] = round(time.monotonic() - started, 3)
+
+        staged = [item for item in items if item.status == "staged"]
+        record.bytes_to_send = sum(
+            {
+                sha: path.stat().st_size
+                for item in staged
+                for sha, path in zip(item.frame_sha256, item.frame_files, strict=True)
+            }.values()
+        )
+        if staged:
+            record.job_id = job_id_for(staged, engine)
+            record.remote_command = runners.worker_command(runner, record.job_id)
+        if dry_run or not staged:
+            record.finish()
+            return record
+
+        results = self._ship_and_run(record, staged, engine, runner, on_event)
+        self._collect(record, staged, results, save_dir)
+        record.finish()
+        atomic_write_json(save_dir / "runs" / f"{record.job_id}.json", record.to_dict())
+        atomic_write_json(save_dir / "run.json", record.to_dict())
+        return record
+
+    def _plan(self, inputs, save_dir, budget, preprocess, max_resolution, force, recursive):
+        specs, load_errors = self.load_inputs(inputs, recursive=recursive)
+        if not specs and load_errors:
+            raise load_errors[0]
+        if not specs:
+            raise SpecError("no prompt specs found", "give a spec .json or a folder of specs")
+        names = output_names(specs, out_dir=save_dir)
+        if max_resolution is not None:
+            resolution = Resolution.parse(max_resolution)
+        elif preprocess:
+            width, height = self.config.frame_size()
+            resolution = Resolution("box", width, height)
+        else:
+            resolution = Resolution("source")
+        checked = self.check_specs(specs, resolution, budget)
+        if resolution.kind == "source" and self.config.upsampling.auto_resize:
+            retry = [c for c in checked if c.error is None and c.verdict != "fits"]
+            redo = self.check_specs([c.spec for c in retry], Resolution("auto"), budget)
+            by_spec = {id(c.spec): c for c in redo}
+            checked = [by_spec.get(id(c.spec), c) for c in checked]
+
+        items = []
+        for check, name in zip(checked, names, strict=True):
+            item = PlannedItem(id=Path(name).stem, spec=check.spec, output_name=name)
+            item.frames = budget.frames
+            item.frame_width, item.frame_height = check.frame_width, check.frame_height
+            item.prompt_tokens_local = check.prompt_tokens
+            if check.spec.is_upsampled and not force:
+                item.status = "skipped"
+                item.error = {
+                    "code": "already_upsampled",
+                    "message": "spec is already upsampled",
+                    "hint": "use --force to upsample it again",
+                }
+            elif check.error is not None:
+                item.fail({k: check.error.get(k) for k in ("code", "message", "hint")})
+            elif check.verdict != tokens.Verdict.FITS.value:
+                item.fail(_budget_error(check))
+            items.append(item)
+        return items, load_errors
+
+    def _stage(self, items: list[PlannedItem], budget: Budget) -> None:
+        """Extract each item's first frames at its size into the content-addressed cache."""
+        cache = None
+        for item in items:
+            if item.status != "planned":
+                continue
+            cache = cache or self.frame_cache()
+            try:
+                prepared = cache.frames(
+                    item.spec.video, item.frame_width, item.frame_height, budget.frames
+                )
+            except MediaError as exc:
+                item.fail(_error(exc))
+                continue
+            item.frame_files = list(prepared.paths)
+            item.frame_sha256 = list(prepared.sha256)
+            item.status = "staged"
+
+    def _ship_and_run(self, record, staged, engine, runner, on_event) -> dict[str, dict]:
+        root = runner.root
+        job_dir = posixpath.join(root, "jobs", record.job_id)
+        cache_dir = posixpath.join(root, "cache")
+        frames = {}
+        for item in staged:
+            frames.update(zip(item.frame_sha256, item.frame_files, strict=True))
+        with self.connect() as conn:
+            t0 = time.monotonic()
+            on_event("stage", message="connecting")
+            self.ensure_worker(conn, root, job_dir)
+            on_event("stage", message=f"uploading {len(frames)} frame(s)")
+            upload = upload_to_cache(conn, [(path, sha) for sha, path in frames.items()], cache_dir)
+            record.bytes_sent = upload.bytes_sent
+            conn.write_bytes(
+                posixpath.join(job_dir, "batch.json"), batch_json(record.job_id, staged, engine)
+            )
+            record.timings_s["ship"] = round(time.monotonic() - t0, 3)
+
+            t0 = time.monotonic()
+            on_event("stage", message="running the worker")
+            on_event("progress", done=0, failed=0, total=len(staged))
+            tail: list[str] = []
+
+            def on_stdout(line: str) -> None:
+                progress = parse_progress(line)
+                if progress is not None:
+                    on_event("progress", **progress)
+                    return
+                tail.append(line)
+                del tail[:-20]
+                on_event("log", line=line)
+
+            result = conn.run(
+                ShellCommand(record.remote_command),
+                check=False,
+                on_stdout=on_stdout,
+                on_stderr=on_stdout,
+            )
+            record.timings_s["run"] = round(time.monotonic() - t0, 3)
+            if result.exit_code != 0:
+                last = " | ".join(line.strip() for line in tail[-3:] if line.strip())
+                raise WorkerError(
+                    f"the worker exited with code {result.exit_code}: {last or 'no output'}",
+                    f"see {posixpath.join(job_dir, 'worker.log')} on the host; "
+                    "`cosmos remote check` tells whether the host is ready",
+                )
+            t0 = time.monotonic()
+            results_path = posixpath.join(job_dir, "results.jsonl")
+            data = conn.read_bytes(results_path) if conn.exists(results_path) else b""
+            record.timings_s["collect"] = round(time.monotonic() - t0, 3)
+            record.ops = dict(conn.counters.as_dict())
+        return parse_results(data)
+
+    def _collect(self, record, staged, results, save_dir: Path) -> None:
+        for item in staged:
+            result = results.get(item.id)
+            if result is None:
+                item.fail(
+                    {
+                        "code": "no_result",
+                        "message": "the worker finished without a result for this item",
+                        "hint": "rerun the same command: finished items are not redone",
+                    }
+                )
+                continue
+            item.prompt_tokens_engine = result.get("prompt_tokens")
+            item.output_tokens = result.get("output_tokens")
+            item.finish_reason = result.get("finish_reason")
+            if result.get("error"):
+                engine_error = result["error"]
+                item.fail(
+                    {
+                        "code": "engine_rejected",
+                        "message": f"{engine_error.get('type')}: {engine_error.get('message')}",
+                        "hint": "check this item with `cosmos check --resolution auto`",
+                    }
+                )
+                continue
+            item.upsampled_prompt = result.get("text", "")
+            data = upsampled_spec(item.spec, item.upsampled_prompt, out_dir=save_dir)
+            item.output = str(write_spec(save_dir / item.output_name, data))
+            item.status = "ok"
+
+
+def _budget_error(check: CheckItem) -> dict:
+    needed = check.prompt_tokens + check.output_tokens
+    if check.recommended_width:
+        hint = (
+            f"it fits at {check.recommended_width}×{check.recommended_height}: "
+            "use --preprocess-videos or --max-resolution auto"
+        )
+    else:
+        hint = "no frame size fits: shorten the prompt or raise [upsampling] max_tokens"
+    return {
+        "code": check.verdict,
+        "message": (
+            f"{check.frame_width}×{check.frame_height} × {check.frames} frames needs "
+            f"{check.prompt_tokens} prompt + {check.output_tokens} output = {needed} tokens, "
+            f"over max_model_len {check.max_model_len}"
+        ),
+        "hint": hint,
+    }
+
+
+def _check_writable(save_dir: Path) -> None:
+    """Fail before any network traffic when the outputs could not be written."""
+    try:
+        save_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=save_dir, prefix=".cosmos-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise CosmosError(
+            f"cannot write to --save-dir {save_dir}: {exc.strerror}",
+            "choose a folder you can write to",
+            code="save_dir_not_writable",
+        ) from None
