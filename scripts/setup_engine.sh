@@ -54,6 +54,10 @@ echo "$TORCH_PIN" > "$CONSTRAINTS"
 # registrations (nms, qnms) fail at import with "operator torchvision::nms does not exist".
 # Mistral-format models preprocess images through mistral_common, so no torchvision op is used:
 # guarding those registrations on torchvision.extension._has_ops() makes the import work.
+# (Leaving torchvision out is not an option: vLLM then fails to load
+# PixtralForConditionalGeneration. A CPU torchvision build exists only on PyTorch's own index,
+# which is not reachable here.) The patch is idempotent (marked _cosmos_guard) and fails loudly
+# if a new torchvision changes those lines.
 "$VPY" - <<'PYEOF' >&2
 import importlib.util, pathlib, re
 spec = importlib.util.find_spec("torchvision")
