@@ -362,9 +362,7 @@ def _read_toml(path: Path) -> dict:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
-        raise ConfigError(
-            f"config file {path} does not exist", "check the --config path"
-        ) from None
+        raise ConfigError(f"config file {path} does not exist", "check the --config path") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(
             f"{path} is not valid TOML: {exc}", "fix the syntax (see config.toml in the repo)"
@@ -482,6 +480,6 @@ def _validate(config: Config) -> None:
     if not config.paths.remote_dir.startswith("/"):
         raise ConfigError(
             f"[paths] remote_dir = {config.paths.remote_dir!r} must be an absolute POSIX path",
-            "e.g. remote_dir = \"/home/ubuntu/cosmos-transfer1\" (no ~: it is not expanded)",
+            'e.g. remote_dir = "/home/ubuntu/cosmos-transfer1" (no ~: it is not expanded)',
             code="config_bad_value",
         )

@@ -35,7 +35,8 @@ def test_repo_config_toml_sets_every_known_key_validly(workdir):
 
 
 def test_precedence_flag_over_env_over_file_over_user_folder(workdir, isolated_user_state):
-    write(isolated_user_state / "config.toml", "[upsampling]\nmax_tokens = 1000\noutput_tokens = 7\n")
+    user_file = isolated_user_state / "config.toml"
+    write(user_file, "[upsampling]\nmax_tokens = 1000\noutput_tokens = 7\n")
     assert load_config().upsampling.max_tokens == 1000
 
     write(workdir / "config.toml", "[upsampling]\nmax_tokens = 2000\n")

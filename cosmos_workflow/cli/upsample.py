@@ -51,6 +51,53 @@ def _render(record) -> None:
         )
 
 
+class _Reporter:
+    """Progress on stderr: a live bar on a terminal, plain lines elsewhere (logs, CI, pipes)."""
+
+    def __init__(self) -> None:
+        self.live = err.is_terminal
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[failed]} failed"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+            disable=not self.live,
+        )
+        self.task = self.progress.add_task("preparing", total=None, failed=0)
+        self.last_reported = -1
+
+    def __enter__(self) -> _Reporter:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def __call__(self, kind: str, **data) -> None:
+        if kind == "stage":
+            self.progress.update(self.task, description=data["message"])
+            if not self.live:
+                err.print(data["message"], markup=False, highlight=False)
+        elif kind == "progress":
+            total, failed = data.get("total") or 0, data.get("failed", 0)
+            finished = data.get("done", 0) + failed
+            self.progress.update(self.task, total=total, completed=finished, failed=failed)
+            # Without a live bar: a line per tenth of the batch, and at the end.
+            step = max(1, total // 10)
+            if (
+                not self.live
+                and finished
+                and (finished == total or finished // step > self.last_reported // step)
+            ):
+                err.print(f"{finished}/{total} items finished ({failed} failed)", highlight=False)
+                self.last_reported = finished
+        elif kind == "log":
+            self.progress.console.print(data["line"], markup=False, highlight=False)
+
+
 @handle_errors
 def upsample(
     ctx: typer.Context,
@@ -86,31 +133,7 @@ def upsample(
     2 bad input; 3 unreadable video; 4 SSH or transfer failure; 5 the worker failed.
     """
     orch = orchestrator(ctx)
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[failed]} failed"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    )
-    task = progress.add_task("preparing", total=None, failed=0)
-
-    def on_event(kind: str, **data) -> None:
-        if kind == "stage":
-            progress.update(task, description=data["message"])
-        elif kind == "progress":
-            progress.update(
-                task,
-                total=data.get("total"),
-                completed=data.get("done", 0) + data.get("failed", 0),
-                failed=data.get("failed", 0),
-            )
-        elif kind == "log":
-            progress.console.print(data["line"], markup=False, highlight=False)
-
-    with progress:
+    with _Reporter() as reporter:
         record = orch.upsample(
             inputs,
             save_dir=save_dir,
@@ -121,7 +144,7 @@ def upsample(
             dry_run=dry_run,
             force=force,
             recursive=recursive,
-            on_event=on_event,
+            on_event=reporter,
         )
     if json_output:
         print_json(record.to_dict())

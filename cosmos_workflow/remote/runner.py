@@ -87,9 +87,7 @@ def _direct_command(settings: RunnerSettings, job_id: str, args: tuple[str, ...]
 def _docker_command(settings: RunnerSettings, job_id: str, args: tuple[str, ...]) -> str:
     root = posixpath.join(CONTAINER_WORKSPACE, "cosmos_workflow")
     worker_args = args or ("run", posixpath.join(root, "jobs", job_id))
-    gpus = (
-        f'"device={settings.cuda_visible_devices}"' if settings.cuda_visible_devices else "all"
-    )
+    gpus = f'"device={settings.cuda_visible_devices}"' if settings.cuda_visible_devices else "all"
     words = ["sudo"] if settings.sudo else []
     words += [
         "docker",

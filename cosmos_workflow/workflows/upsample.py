@@ -168,7 +168,7 @@ class UpsampleMixin:
         else:
             resolution = Resolution("source")
         checked = self.check_specs(specs, resolution, budget)
-        if resolution.kind == "source" and self.config.upsampling.auto_resize:
+        if max_resolution is None and not preprocess and self.config.upsampling.auto_resize:
             retry = [c for c in checked if c.error is None and c.verdict != "fits"]
             redo = self.check_specs([c.spec for c in retry], Resolution("auto"), budget)
             by_spec = {id(c.spec): c for c in redo}

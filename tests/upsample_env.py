@@ -1,0 +1,97 @@
+"""Building a `cosmos upsample` setup for tests: config.toml, spec folders, a host checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from .conftest import PROMPT_SPECS
+from .engine import FAKE_VLLM
+
+CHECKPOINT = "nvidia/Cosmos-UpsamplePrompt1-12B-Transfer"
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    return json.dumps(str(value))
+
+
+def write_config(path: Path, sections: dict) -> Path:
+    lines = []
+    for section, keys in sections.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in keys.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def stand_in_checkpoint(base: Path) -> Path:
+    """A checkpoints/ folder whose model dir satisfies the stand-in engine."""
+    model = base / "checkpoints" / CHECKPOINT
+    model.mkdir(parents=True, exist_ok=True)
+    for name in ("params.json", "consolidated.safetensors", "tekken.json"):
+        (model / name).write_text("{}")
+    return base / "checkpoints"
+
+
+def real_checkpoint(base: Path, tiny_model: Path) -> Path:
+    """A checkpoints/ folder whose model dir is the tiny Pixtral (a symlink)."""
+    model = base / "checkpoints" / CHECKPOINT
+    model.parent.mkdir(parents=True, exist_ok=True)
+    if not model.exists():
+        model.symlink_to(tiny_model, target_is_directory=True)
+    return base / "checkpoints"
+
+
+def sshd_remote(sshd, known_hosts: Path | None = None, **extra) -> dict:
+    return {
+        "transport": "ssh",
+        "host": sshd.host,
+        "port": sshd.port,
+        "user": sshd.user,
+        "ssh_key": str(sshd.key),
+        "known_hosts": str(known_hosts or sshd.known_hosts),
+        "connect_timeout_s": 5.0,
+        **extra,
+    }
+
+
+def stand_in_worker(engine_log: Path, checkpoint_dir: Path, **controls) -> dict:
+    env = {"PYTHONPATH": str(FAKE_VLLM), "FAKE_VLLM_LOG": str(engine_log)}
+    env.update({f"FAKE_VLLM_{k.upper()}": str(v) for k, v in controls.items()})
+    return {
+        "runner": "direct",
+        "python": sys.executable,
+        "checkpoint_dir": str(checkpoint_dir),
+        "env": env,
+    }
+
+
+def seed_specs(folder: Path, names=("office_handover", "robot_lab_night"), **prompts) -> Path:
+    """Copies of the real seed specs with their video paths made absolute (so they resolve)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        source = PROMPT_SPECS / f"{name}.json"
+        spec = json.loads(source.read_text())
+        spec["input_video_path"] = os.path.normpath(source.parent / spec["input_video_path"])
+        spec["control_inputs"] = {
+            k: os.path.normpath(source.parent / v) for k, v in spec["control_inputs"].items()
+        }
+        if name in prompts:
+            spec["prompt"] = prompts[name]
+        (folder / f"{name}.json").write_text(json.dumps(spec, indent=2, ensure_ascii=False))
+    return folder
+
+
+def engine_events(log: Path, event: str = "generate") -> list[dict]:
+    if not log.exists():
+        return []
+    events = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return [e for e in events if e["event"] == event]
