@@ -224,6 +224,12 @@ SCHEMA: dict[str, dict[str, Field]] = {
             "sequences the engine runs at once; NVIDIA's 2 keeps a 12B model within one GPU",
         ),
         "temperature": Field(_as_float, 0.6, "sampling temperature (NVIDIA's upsampler: 0.6)"),
+        "chunk_size": Field(
+            _as_positive_int,
+            64,
+            "items per engine call; results are saved after each call, so a smaller chunk "
+            "loses less work if the host dies",
+        ),
         "enforce_eager": Field(
             _as_bool, False, "skip CUDA-graph capture: faster engine start, slower generation"
         ),

@@ -279,3 +279,24 @@ def test_spec_prompt_files_in_shared_media_are_read_in_place(setup, workdir):
         Path(workdir / "o" / output["input_video_path"]).resolve()
         == (ASSETS / "example1_input_video.mp4").resolve()
     )
+
+
+def test_worker_dying_mid_batch_keeps_finished_items_and_rerun_resumes(setup, workdir):
+    prompts = seed_specs(workdir / "prompts")
+    # One item per engine call; the engine process dies when asked for its second item.
+    setup(chunk_size=1, exit_after=1)
+    first = upsample(prompts, "--save-dir", workdir / "o", "--json")
+    assert first.exit_code == 1
+    record = record_of(first)
+    statuses = sorted(i["status"] for i in record["items"])
+    assert statuses == ["failed", "ok"]
+    failed = next(i for i in record["items"] if i["status"] == "failed")
+    assert failed["error"]["code"] == "worker"
+    assert "rerun the same command to resume" in failed["error"]["hint"]
+
+    setup(chunk_size=1)  # a healthy engine: the rerun sends only the missing item
+    second = upsample(prompts, "--save-dir", workdir / "o", "--json")
+    assert second.exit_code == 0, second.output
+    assert record_of(second)["job_id"] == record["job_id"]
+    generated = [e["prompt"] for e in engine_events(setup.engine_log)]
+    assert sorted(generated) == sorted({i["original_prompt"] for i in record["items"]})

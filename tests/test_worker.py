@@ -198,13 +198,17 @@ def test_message_has_frames_first_as_png_data_urls_then_the_text(remote):
     assert event["image_sha256"] == [Path(f).stem for f in frames]
 
 
-def test_empty_prompt_becomes_nvidia_default_text(remote):
+def test_empty_or_blank_prompt_becomes_nvidia_default_text(remote):
     frames = [remote.frame(320, 180)] * 2
-    job_dir = remote.job([{"id": "a", "prompt": "", "frames": frames}])
+    items = [
+        {"id": "a", "prompt": "", "frames": frames},
+        {"id": "b", "prompt": " \n", "frames": frames},
+    ]
+    job_dir = remote.job(items)
 
     assert remote.run("run", str(job_dir)).returncode == 0
 
-    assert remote.generated_prompts() == ["describe the following images"]
+    assert remote.generated_prompts() == ["describe the following images"] * 2
 
 
 def test_prompt_with_shell_metacharacters_quotes_newlines_and_emoji_is_sent_byte_exact(remote):

@@ -63,13 +63,14 @@ def sshd_remote(sshd, known_hosts: Path | None = None, **extra) -> dict:
     }
 
 
-def stand_in_worker(engine_log: Path, checkpoint_dir: Path, **controls) -> dict:
+def stand_in_worker(engine_log: Path, checkpoint_dir: Path, chunk_size=64, **controls) -> dict:
     env = {"PYTHONPATH": str(FAKE_VLLM), "FAKE_VLLM_LOG": str(engine_log)}
     env.update({f"FAKE_VLLM_{k.upper()}": str(v) for k, v in controls.items()})
     return {
         "runner": "direct",
         "python": sys.executable,
         "checkpoint_dir": str(checkpoint_dir),
+        "chunk_size": chunk_size,
         "env": env,
     }
 

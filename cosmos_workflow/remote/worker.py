@@ -202,7 +202,9 @@ def build_conversation(frames_png: list, prompt: str) -> list:
         }
         for png in frames_png
     ]
-    content.append({"type": "text", "text": prompt or DEFAULT_PROMPT})
+    # NVIDIA replaces only an empty prompt; a blank one says nothing either, and the local
+    # preflight (cosmos_workflow.tokens.effective_prompt) counts it as the default too.
+    content.append({"type": "text", "text": prompt if prompt.strip() else DEFAULT_PROMPT})
     return [{"role": "user", "content": content}]
 
 

@@ -79,6 +79,7 @@ class UpsampleMixin:
             max_num_seqs=c.worker.max_num_seqs,
             tensor_parallel_size=num_gpu or c.worker.num_gpu,
             enforce_eager=c.worker.enforce_eager,
+            chunk_size=c.worker.chunk_size,
             checkpoint_dir=checkpoint_dir,
         )
 
@@ -252,23 +253,35 @@ class UpsampleMixin:
                 on_stderr=on_stdout,
             )
             record.timings_s["run"] = round(time.monotonic() - t0, 3)
+            failure = None
             if result.exit_code != 0:
                 last = " | ".join(line.strip() for line in tail[-3:] if line.strip())
-                raise WorkerError(
+                failure = WorkerError(
                     f"the worker exited with code {result.exit_code}: {last or 'no output'}",
-                    f"see {posixpath.join(job_dir, 'worker.log')} on the host; "
-                    "`cosmos remote check` tells whether the host is ready",
+                    f"see {posixpath.join(job_dir, 'worker.log')} on the host; rerun the same "
+                    "command to resume (finished items are kept); `cosmos remote check` tells "
+                    "whether the host is ready",
                 )
             t0 = time.monotonic()
             results_path = posixpath.join(job_dir, "results.jsonl")
             data = conn.read_bytes(results_path) if conn.exists(results_path) else b""
             record.timings_s["collect"] = round(time.monotonic() - t0, 3)
             record.ops = dict(conn.counters.as_dict())
-        return parse_results(data)
+        results = parse_results(data)
+        if failure is not None:
+            if not results:
+                raise failure
+            # Some items finished before the worker stopped: keep them, fail the rest.
+            for item in staged:
+                if item.id not in results:
+                    item.fail(_error(failure))
+        return results
 
     def _collect(self, record, staged, results, save_dir: Path) -> None:
         for item in staged:
             result = results.get(item.id)
+            if item.status == "failed":
+                continue
             if result is None:
                 item.fail(
                     {

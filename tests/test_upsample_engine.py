@@ -1,0 +1,162 @@
+"""`cosmos upsample` end to end over a real sshd against the REAL vLLM engine (tiny Pixtral).
+
+Every item the engine serves must report exactly the prompt-token count the local preflight
+predicted. Engine start costs ~30-40 s on 2 cores, so the module runs two jobs and the tests
+read what they left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cosmos_workflow.cli import app
+
+from .conftest import ASSETS
+from .engine import engine_env, require_engine_python, tiny_model_dir
+from .upsample_env import real_checkpoint, seed_specs, sshd_remote, write_config
+
+pytestmark = pytest.mark.engine
+
+HOSTILE_TEMPLATE = "$(touch {canary}) `touch {canary}` \"q\" 'q';\nnew line ünï 東京 🚧"
+
+
+def _worker_env(work: Path) -> dict:
+    """Only what engine_env adds or changes: vLLM on CPU, caches in the test's folder."""
+    env = engine_env(work)
+    return {k: v for k, v in env.items() if os.environ.get(k) != v and k != "PATH"}
+
+
+@pytest.fixture(scope="module")
+def engine_run(tmp_path_factory, sshd):
+    python = require_engine_python()
+    model = tiny_model_dir(python)
+    base = tmp_path_factory.mktemp("e2e-engine")
+    host = base / "host" / "cosmos-transfer1"
+    host.mkdir(parents=True)
+    work = base / "work"
+    work.mkdir()
+    canary = base / f"canary-{uuid.uuid4().hex}"
+    hostile = HOSTILE_TEMPLATE.format(canary=canary)
+    config = {
+        "remote": sshd_remote(sshd),
+        "paths": {"remote_dir": str(host)},
+        "worker": {
+            "runner": "direct",
+            "python": python,
+            "checkpoint_dir": str(real_checkpoint(base, model)),
+            # torch.compile would add about a minute of start-up on 2 cores.
+            "enforce_eager": True,
+            "env": _worker_env(base / "engine-work"),
+        },
+        "upsampling": {"auto_resize": False},
+    }
+    write_config(work / "config.toml", config)
+    prompts = seed_specs(work / "prompts", names=("office_handover", "robot_lab_night"))
+    hostile_spec = json.loads((prompts / "office_handover.json").read_text())
+    hostile_spec.update(id="ps_000000000001", name="hostile", prompt=hostile)
+    (prompts / "hostile.json").write_text(json.dumps(hostile_spec, ensure_ascii=False))
+    nvidia = ASSETS / "inference_cosmos_transfer1_single_control_edge.json"
+
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        runner = CliRunner()
+        batch = runner.invoke(
+            app, ["upsample", str(prompts), str(nvidia), "--save-dir", "out", "--json"]
+        )
+        resized = runner.invoke(
+            app,
+            [
+                "upsample",
+                str(prompts / "robot_lab_night.json"),
+                "--max-resolution",
+                "auto",
+                "--save-dir",
+                "out-auto",
+                "--json",
+            ],
+        )
+    finally:
+        os.chdir(cwd)
+    return {
+        "batch": batch,
+        "resized": resized,
+        "work": work,
+        "canary": canary,
+        "hostile": hostile,
+    }
+
+
+def _record(result) -> dict:
+    assert result.stdout, result.stderr
+    return json.loads(result.stdout)["data"]
+
+
+def _items(result) -> dict:
+    return {item["name"]: item for item in _record(result)["items"]}
+
+
+def test_batch_upsamples_every_fitting_item_with_the_real_engine(engine_run):
+    result = engine_run["batch"]
+    items = _items(result)
+    assert result.exit_code == 1, result.output  # robot_lab_night does not fit at 1280×704
+    ok = {name for name, item in items.items() if item["status"] == "ok"}
+    assert ok == {"office_handover", "hostile", "inference_cosmos_transfer1_single_control_edge"}
+    for name in ok:
+        item = items[name]
+        assert item["upsampled_prompt"]  # gibberish from a random model, but text
+        assert item["output_tokens"] > 0
+        assert item["finish_reason"] in ("length", "stop")
+        assert Path(engine_run["work"], item["output"]).is_file()
+
+
+def test_engine_prompt_tokens_equal_local_preflight_for_every_item(engine_run):
+    served = [
+        item
+        for result in (engine_run["batch"], engine_run["resized"])
+        for item in _record(result)["items"]
+        if item["status"] == "ok"
+    ]
+    assert len(served) == 4
+    for item in served:
+        assert item["prompt_tokens_engine"] == item["prompt_tokens_local"], item["name"]
+
+
+def test_720p_clip_without_preprocessing_is_a_clear_per_item_error(engine_run):
+    robot = _items(engine_run["batch"])["robot_lab_night"]
+    assert robot["status"] == "failed"
+    assert robot["error"]["code"] == "too_long"
+    assert "1280×704 × 2 frames needs 4698 prompt + 300 output" in robot["error"]["message"]
+    assert robot["output"] is None
+
+
+def test_resized_720p_clip_near_the_budget_is_served_exactly(engine_run):
+    result = engine_run["resized"]
+    assert result.exit_code == 0, result.output
+    (item,) = _record(result)["items"]
+    assert (item["frame_width"], item["frame_height"]) == (928, 510)
+    assert item["prompt_tokens_engine"] == item["prompt_tokens_local"]
+    assert item["prompt_tokens_local"] + 300 <= 4096
+
+
+def test_hostile_prompt_reached_the_model_as_text_and_nothing_ran(engine_run):
+    hostile = _items(engine_run["batch"])["hostile"]
+    output = json.loads(Path(engine_run["work"], hostile["output"]).read_text(encoding="utf-8"))
+    assert output["parent_prompt_text"] == engine_run["hostile"]
+    assert not engine_run["canary"].exists()
+
+
+def test_run_record_has_lineage(engine_run):
+    record = json.loads((engine_run["work"] / "out" / "run.json").read_text())
+    assert record["model"] == "nvidia/Cosmos-UpsamplePrompt1-12B-Transfer"
+    assert record["settings"]["max_model_len"] == 4096
+    assert record["ops"]["exec"] + record["ops"]["sftp"] <= 10
+    office = next(i for i in record["items"] if i["name"] == "office_handover")
+    assert office["original_prompt"].startswith("Robot arms hand a coffee cup")
+    assert office["frame_width"] == 640 and office["frames"] == 2
