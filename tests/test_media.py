@@ -350,6 +350,16 @@ def test_hint_video_is_h264_with_exactly_n_frames_and_even_size(tmp_path):
     assert no_temp_files(tmp_path)
 
 
+def test_hint_video_at_another_fps_keeps_the_first_frames(clips, tmp_path):
+    # 24 fps → 8 fps: resampling would show source frames 0 and 3; re-timing shows 0 and 1.
+    out = media.make_hint_video(clips["h264"], tmp_path / "hint.mp4", 320, 240, 2, fps=8)
+    pngs = [pixels(p) for p in media.extract_frames(clips["h264"], tmp_path / "png", 320, 240, 2)]
+    shown = [pixels(p) for p in decode_frames(out, tmp_path / "shown", 2)]
+    for i in range(2):
+        own = mean_abs_diff(shown[i], pngs[i])  # not 0: H.264 + 4:2:0 lose a little
+        assert own < 4.0 and mean_abs_diff(shown[i], pngs[1 - i]) > 1.5 * own
+
+
 def test_hint_video_of_a_short_clip_is_an_error_and_leaves_no_file(clips, tmp_path):
     with pytest.raises(MediaError) as caught:
         media.make_hint_video(clips["one"], tmp_path / "hint.mp4", 64, 48, 2)

@@ -168,7 +168,8 @@ def make_hint_video(
     The same frames, scaled the same way, as `extract_frames` writes: the hint video shows
     what the model reads. yuv420p needs even sides, so an odd side loses its last pixel row or
     column (cropped after scaling, so the other pixels stay the ones in the PNGs). `fps=None`
-    keeps the source's frame timing. Written atomically (a temporary file, then rename).
+    keeps the source's frame timing; `fps` re-times the same frames to that rate. Written
+    atomically (a temporary file, then rename).
     """
     path, out_path = Path(path), Path(out_path)
     _check_request(width, height, frame_count)
@@ -190,6 +191,9 @@ def make_hint_video(
         "frames:v": frame_count,
     }
     if fps is not None:
+        # Re-time rather than resample: output frame i is source frame i, shown at `fps`. (With
+        # -r alone, depending on muxer and ffmpeg version, frames may be dropped or repeated.)
+        stream = stream.filter("setpts", f"N/({fps:g}*TB)")
         options["r"] = f"{fps:g}"
     node = stream.output(str(tmp), **options)
     try:

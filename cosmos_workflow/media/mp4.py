@@ -131,8 +131,8 @@ def read_mp4(path: Path) -> Mp4Video | None:
         if moov is None:
             return None
         return _read_moov(moov)
-    except (ValueError, struct.error, OSError):
-        return None
+    except (ValueError, KeyError, IndexError, struct.error, OSError):
+        return None  # a missing or short box: not an index we understand
 
 
 def _read_moov(moov: bytes) -> Mp4Video | None:
