@@ -177,6 +177,11 @@ SCHEMA: dict[str, dict[str, Field]] = {
             "connect (a changed key is always refused)",
         ),
         "connect_timeout_s": Field(_as_float, 15.0, "seconds to wait for the SSH connection"),
+        "reconnect_attempts": Field(
+            _as_int,
+            5,
+            "reconnects (1, 2, 4 … s apart) when the connection drops while a job runs",
+        ),
     },
     "paths": {
         "remote_dir": Field(

@@ -96,3 +96,16 @@ def engine_events(log: Path, event: str = "generate") -> list[dict]:
         return []
     events = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     return [e for e in events if e["event"] == event]
+
+
+def many_specs(folder: Path, count: int) -> Path:
+    """`count` seed specs on the real 640×480 clip, each with its own prompt."""
+    source = PROMPT_SPECS / "office_handover.json"
+    base = json.loads(source.read_text())
+    base["input_video_path"] = os.path.normpath(source.parent / base["input_video_path"])
+    base["control_inputs"] = {}
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(count):
+        spec = dict(base, id=f"ps_{n:012x}", name=f"item_{n:04d}", prompt=f"prompt number {n}")
+        (folder / f"item_{n:04d}.json").write_text(json.dumps(spec))
+    return folder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -10,7 +11,7 @@ from rich.table import Table
 from .common import orchestrator
 from .output import err, handle_errors, out, print_json
 
-app = typer.Typer(help="Work with the GPU host.", no_args_is_help=True)
+app = typer.Typer(help="Work with the GPU host: readiness, host keys, jobs.", no_args_is_help=True)
 
 
 @app.command("check")
@@ -68,3 +69,112 @@ def trust(
     else:
         state = "recorded" if info.recorded else "already trusted"
         err.print(f"{state}: {info.host} {info.key_type} {info.fingerprint_sha256}")
+
+
+@app.command("status")
+@handle_errors
+def status(
+    ctx: typer.Context,
+    job: Annotated[str | None, typer.Argument(help="A job id (default: every job).")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show jobs on the host: state, counts, whether the worker runs; and the GPUs.
+
+    Example: cosmos remote status 3f9a1c2b7d41e0aa
+    """
+    report = orchestrator(ctx.find_root()).remote_status(job)
+    if json_output:
+        print_json(report)
+        return
+    table = Table("job", "state", "done", "failed", "pending", "total", "started", "error")
+    for row in report["jobs"]:
+        table.add_row(
+            row["job_id"],
+            row["state"],
+            *(str(row[k]) if row[k] is not None else "-" for k in ("done", "failed", "pending")),
+            str(row["total"] or "-"),
+            row["started_at"] or "-",
+            (row["error"] or "")[:60],
+        )
+    out.print(table)
+    for gpu in report["gpus"]:
+        err.print(f"GPU {gpu}", markup=False)
+    if not report["gpus"]:
+        err.print("no GPU visible to nvidia-smi on the host")
+
+
+@app.command("logs")
+@handle_errors
+def logs(
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(help="The job id.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow until it ends.")] = False,
+    lines: Annotated[int, typer.Option(min=1, help="How many last lines.")] = 200,
+) -> None:
+    """Print a job's worker.log (the last lines, or followed while it runs).
+
+    Example: cosmos remote logs 3f9a1c2b7d41e0aa --follow
+    """
+
+    def on_line(line: str) -> None:
+        out.print(line, markup=False, highlight=False)
+
+    orchestrator(ctx.find_root()).remote_logs(job, follow=follow, lines=lines, on_line=on_line)
+
+
+@app.command("cancel")
+@handle_errors
+def cancel(
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(help="The job id.")],
+) -> None:
+    """Stop a job on the host. Finished items are kept; rerunning the command resumes it.
+
+    Example: cosmos remote cancel 3f9a1c2b7d41e0aa
+    """
+    orchestrator(ctx.find_root()).remote_cancel(job)
+    err.print(f"cancelled job {job}; rerun the same `cosmos upsample` command to resume it")
+
+
+@app.command("results")
+@handle_errors
+def results(
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(help="The job id.")],
+    inputs: Annotated[list[Path], typer.Argument(help="The same specs the job was started with.")],
+    max_resolution: Annotated[
+        str | None, typer.Option(help="As given to `cosmos upsample`.")
+    ] = None,
+    preprocess_videos: Annotated[bool, typer.Option(help="As given to `cosmos upsample`.")] = False,
+    num_frames: Annotated[int | None, typer.Option(min=1, help="As given.")] = None,
+    num_gpu: Annotated[int | None, typer.Option(min=1, help="As given.")] = None,
+    save_dir: Annotated[Path | None, typer.Option(help="Where the specs go.")] = None,
+    recursive: Annotated[bool, typer.Option(help="As given.")] = False,
+    force: Annotated[bool, typer.Option(help="As given.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the run record.")] = False,
+) -> None:
+    """Download a job's results and write the upsampled specs, without running anything.
+
+    Example: cosmos remote results 3f9a1c2b7d41e0aa inputs/prompts/ --save-dir outputs/
+
+    Works for a job started earlier or from another checkout of the same specs: the inputs
+    and options must make the same job id.
+    """
+    from .upsample import render_record
+
+    record = orchestrator(ctx.find_root()).upsample(
+        inputs,
+        save_dir=save_dir,
+        preprocess=preprocess_videos,
+        max_resolution=max_resolution,
+        num_frames=num_frames,
+        num_gpu=num_gpu,
+        force=force,
+        recursive=recursive,
+        collect_job=job,
+    )
+    if json_output:
+        print_json(record.to_dict())
+    else:
+        render_record(record)
+    raise typer.Exit(record.exit_code)

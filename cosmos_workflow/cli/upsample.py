@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +14,7 @@ from .common import orchestrator
 from .output import err, handle_errors, out, print_json
 
 
-def _render(record) -> None:
+def render_record(record) -> None:
     data = record.to_dict()
     title = "dry run: nothing sent" if record.dry_run else f"job {record.job_id}"
     table = Table(title=title)
@@ -68,6 +69,7 @@ class _Reporter:
         )
         self.task = self.progress.add_task("preparing", total=None, failed=0)
         self.last_reported = -1
+        self.job_id: str | None = None
 
     def __enter__(self) -> _Reporter:
         self.progress.__enter__()
@@ -77,7 +79,9 @@ class _Reporter:
         self.progress.__exit__(*exc)
 
     def __call__(self, kind: str, **data) -> None:
-        if kind == "stage":
+        if kind == "job":
+            self.job_id = data["job_id"]
+        elif kind == "stage":
             self.progress.update(self.task, description=data["message"])
             if not self.live:
                 err.print(data["message"], markup=False, highlight=False)
@@ -96,6 +100,29 @@ class _Reporter:
                 self.last_reported = finished
         elif kind == "log":
             self.progress.console.print(data["line"], markup=False, highlight=False)
+
+
+def _interrupted(orch, job_id: str | None, cancel: bool):
+    """Ctrl+C: stop streaming; cancel the remote job if asked (or told to); exit 130."""
+    if job_id is None:
+        err.print("interrupted before anything was started on the host")
+        raise typer.Exit(130)
+    if not cancel and sys.stdin.isatty():
+        try:
+            cancel = typer.confirm(f"\nCancel job {job_id} on the host?", default=False, err=True)
+        except (KeyboardInterrupt, typer.Abort):
+            cancel = False
+    if cancel:
+        orch.remote_cancel(job_id)
+        err.print(f"cancelled job {job_id}; finished items are kept on the host")
+        err.print("resume: run the same command again")
+    else:
+        err.print(f"job {job_id} keeps running on the host")
+        err.print(
+            f"reattach: run the same command again; or `cosmos remote status {job_id}`, "
+            f"`cosmos remote logs {job_id} --follow`"
+        )
+    raise typer.Exit(130)
 
 
 @handle_errors
@@ -123,6 +150,9 @@ def upsample(
     dry_run: Annotated[bool, typer.Option(help="Show the plan; send nothing.")] = False,
     force: Annotated[bool, typer.Option(help="Upsample specs already upsampled too.")] = False,
     recursive: Annotated[bool, typer.Option(help="Descend into sub-folders.")] = False,
+    cancel_on_interrupt: Annotated[
+        bool, typer.Option(help="On Ctrl+C, cancel the job on the host without asking.")
+    ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the run record.")] = False,
 ) -> None:
     """Upsample prompts with Cosmos' Pixtral upsampler on the GPU host, in one batch.
@@ -130,24 +160,29 @@ def upsample(
     Example: cosmos upsample inputs/prompts/ --preprocess-videos --save-dir outputs/
 
     Exit codes: 0 all items upsampled; 1 some items failed (see the table or run.json);
-    2 bad input; 3 unreadable video; 4 SSH or transfer failure; 5 the worker failed.
+    2 bad input; 3 unreadable video; 4 SSH or transfer failure; 5 the worker failed;
+    130 interrupted (the job keeps running on the host unless cancelled).
     """
     orch = orchestrator(ctx)
-    with _Reporter() as reporter:
-        record = orch.upsample(
-            inputs,
-            save_dir=save_dir,
-            preprocess=preprocess_videos,
-            max_resolution=max_resolution,
-            num_frames=num_frames,
-            num_gpu=num_gpu,
-            dry_run=dry_run,
-            force=force,
-            recursive=recursive,
-            on_event=reporter,
-        )
+    reporter = _Reporter()
+    try:
+        with reporter:
+            record = orch.upsample(
+                inputs,
+                save_dir=save_dir,
+                preprocess=preprocess_videos,
+                max_resolution=max_resolution,
+                num_frames=num_frames,
+                num_gpu=num_gpu,
+                dry_run=dry_run,
+                force=force,
+                recursive=recursive,
+                on_event=reporter,
+            )
+    except KeyboardInterrupt:
+        _interrupted(orch, reporter.job_id, cancel_on_interrupt)
     if json_output:
         print_json(record.to_dict())
     else:
-        _render(record)
+        render_record(record)
     raise typer.Exit(record.exit_code)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import CosmosError, RemoteCommandError
 from ..fsutil import sha256_file
+from ..remote import jobctl
 from ..remote import runner as runners
 from ..remote.base import ShellCommand
 
@@ -96,3 +97,82 @@ class RemoteMixin:
         from ..remote import ssh
 
         return ssh.trust_host(self.host_settings())
+
+    # -- jobs on the host -------------------------------------------------------------------
+
+    def _job_dir(self, job_id: str) -> str:
+        if not job_id or not all(c in "0123456789abcdef" for c in job_id):
+            raise CosmosError(
+                f"{job_id!r} is not a job id",
+                "job ids are 16 hex digits; `cosmos remote status` lists them",
+                code="bad_job_id",
+            )
+        return jobctl.job_dir(self.runner_settings().root, job_id)
+
+    def remote_status(self, job_id: str | None = None) -> dict:
+        """Jobs on the host (state, counts, alive, cancelled) and the host's GPUs."""
+        if job_id is not None:
+            self._job_dir(job_id)
+        root = self.runner_settings().root
+        with self.connect() as conn:
+            result = conn.run(ShellCommand(jobctl.status(root, job_id)), check=False)
+        jobs, gpus = [], []
+        for line in result.stdout.splitlines():
+            if line.startswith("@@gpu "):
+                gpus.append(line[len("@@gpu ") :].strip())
+                continue
+            parts = line.split("\t", 3)
+            if len(parts) < 4:
+                continue
+            name, alive, cancelled, status_text = parts
+            try:
+                status = json.loads(status_text) if status_text.strip() else {}
+            except json.JSONDecodeError:
+                status = {}
+            state = status.get("state", "unknown")
+            if cancelled == "cancelled" and alive != "alive":
+                state = "cancelled"
+            elif alive != "alive" and state in ("starting", "loading", "running"):
+                state = "died"
+            jobs.append(
+                {
+                    "job_id": name,
+                    "state": state,
+                    "alive": alive == "alive",
+                    "total": status.get("total"),
+                    "done": status.get("done"),
+                    "failed": status.get("failed"),
+                    "pending": status.get("pending"),
+                    "started_at": status.get("started_at"),
+                    "finished_at": status.get("finished_at"),
+                    "heartbeat": status.get("heartbeat"),
+                    "error": status.get("error"),
+                }
+            )
+        if job_id is not None and not jobs:
+            raise CosmosError(
+                f"no job {job_id} on the host",
+                "`cosmos remote status` lists the jobs there",
+                code="job_not_found",
+            )
+        return {"jobs": jobs, "gpus": gpus}
+
+    def remote_logs(self, job_id: str, *, follow: bool = False, lines: int = 200, on_line=None):
+        """The job's worker.log: the last `lines`, or followed until the worker ends."""
+        job = self._job_dir(job_id)
+        collected: list[str] = []
+        with self.connect() as conn:
+            conn.run(
+                ShellCommand(jobctl.logs(job, follow=follow, lines=lines)),
+                check=False,
+                on_stdout=on_line or collected.append,
+            )
+        return collected
+
+    def remote_cancel(self, job_id: str) -> None:
+        """Stop a job on the host; its finished items stay, a rerun resumes the rest."""
+        job = self._job_dir(job_id)
+        settings = self.runner_settings()
+        container = runners.container_name(job_id) if settings.kind == "docker" else None
+        with self.connect() as conn:
+            conn.run(ShellCommand(jobctl.cancel(job, container, sudo=settings.sudo)))

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import tokens
-from ..errors import CosmosError, MediaError, SpecError, WorkerError
+from ..errors import CosmosError, MediaError, SpecError, SSHError, WorkerError
 from ..fsutil import atomic_write_json
+from ..remote import jobctl
 from ..remote import runner as runners
 from ..remote.base import ShellCommand
 from ..remote.transfer import upload_to_cache
@@ -36,6 +37,15 @@ WORKER_FILE = Path(__file__).resolve().parent.parent / "remote" / "worker.py"
 MODEL_NAME = "nvidia/Cosmos-UpsamplePrompt1-12B-Transfer"
 
 Events = Callable[..., None]
+
+# SSH failures worth a reconnect: the network, not the settings (host keys, auth, paths).
+RETRIABLE = {
+    "connection_lost",
+    "connection_refused",
+    "connect_timeout",
+    "host_unreachable",
+    "ssh_handshake",
+}
 
 
 def _quiet(kind: str, **data) -> None:
@@ -97,9 +107,14 @@ class UpsampleMixin:
         dry_run: bool = False,
         force: bool = False,
         recursive: bool = False,
+        collect_job: str | None = None,
         on_event: Events = _quiet,
     ) -> RunRecord:
-        """Upsample every spec in `inputs` in one job on the host; write specs to `save_dir`."""
+        """Upsample every spec in `inputs` in one job on the host; write specs to `save_dir`.
+
+        With `collect_job`, start nothing: check that `inputs` and the options make that job,
+        then download its results and write the outputs (`cosmos remote results`).
+        """
         save_dir = Path(save_dir or self.config.paths.local_outputs_dir)
         budget = self.budget(frames=num_frames)
         engine = self.engine_settings(budget, num_gpu)
@@ -143,12 +158,20 @@ class UpsampleMixin:
         if staged:
             record.job_id = job_id_for(staged, engine)
             record.remote_command = runners.worker_command(runner, record.job_id)
+        if collect_job is not None and record.job_id != collect_job:
+            raise SpecError(
+                f"these inputs and options make job {record.job_id}, not {collect_job}",
+                "give the same specs and the same --max-resolution/--num-frames/--num-gpu "
+                "options as the run that started the job",
+                code="job_mismatch",
+            )
         if dry_run or not staged:
             record.finish()
             return record
 
-        results = self._ship_and_run(record, staged, engine, runner, on_event)
-        self._collect(record, staged, results, save_dir)
+        launch = collect_job is None
+        results = self._ship_and_run(record, staged, engine, runner, on_event, launch=launch)
+        self._collect(record, staged, results, save_dir, finished=launch)
         record.finish()
         atomic_write_json(save_dir / "runs" / f"{record.job_id}.json", record.to_dict())
         atomic_write_json(save_dir / "run.json", record.to_dict())
@@ -213,55 +236,39 @@ class UpsampleMixin:
             item.frame_sha256 = list(prepared.sha256)
             item.status = "staged"
 
-    def _ship_and_run(self, record, staged, engine, runner, on_event) -> dict[str, dict]:
+    def _ship_and_run(self, record, staged, engine, runner, on_event, *, launch=True):
+        """Upload, start (or reattach to) the detached worker, stream it, fetch results.
+
+        With `launch=False` nothing is uploaded or started: only the job's results are read.
+        """
         root = runner.root
-        job_dir = posixpath.join(root, "jobs", record.job_id)
-        cache_dir = posixpath.join(root, "cache")
+        job_dir = jobctl.job_dir(root, record.job_id)
         frames = {}
         for item in staged:
             frames.update(zip(item.frame_sha256, item.frame_files, strict=True))
+        on_event("job", job_id=record.job_id)
         with self.connect() as conn:
-            t0 = time.monotonic()
-            on_event("stage", message="connecting")
-            self.ensure_worker(conn, root, job_dir)
-            on_event("stage", message=f"uploading {len(frames)} frame(s)")
-            upload = upload_to_cache(conn, [(path, sha) for sha, path in frames.items()], cache_dir)
-            record.bytes_sent = upload.bytes_sent
-            conn.write_bytes(
-                posixpath.join(job_dir, "batch.json"), batch_json(record.job_id, staged, engine)
-            )
-            record.timings_s["ship"] = round(time.monotonic() - t0, 3)
-
-            t0 = time.monotonic()
-            on_event("stage", message="running the worker")
-            on_event("progress", done=0, failed=0, total=len(staged))
-            tail: list[str] = []
-
-            def on_stdout(line: str) -> None:
-                progress = parse_progress(line)
-                if progress is not None:
-                    on_event("progress", **progress)
-                    return
-                tail.append(line)
-                del tail[:-20]
-                on_event("log", line=line)
-
-            result = conn.run(
-                ShellCommand(record.remote_command),
-                check=False,
-                on_stdout=on_stdout,
-                on_stderr=on_stdout,
-            )
-            record.timings_s["run"] = round(time.monotonic() - t0, 3)
             failure = None
-            if result.exit_code != 0:
-                last = " | ".join(line.strip() for line in tail[-3:] if line.strip())
-                failure = WorkerError(
-                    f"the worker exited with code {result.exit_code}: {last or 'no output'}",
-                    f"see {posixpath.join(job_dir, 'worker.log')} on the host; rerun the same "
-                    "command to resume (finished items are kept); `cosmos remote check` tells "
-                    "whether the host is ready",
+            if launch:
+                t0 = time.monotonic()
+                on_event("stage", message="connecting")
+                self.ensure_worker(conn, root, job_dir)
+                on_event("stage", message=f"uploading {len(frames)} frame(s)")
+                upload = upload_to_cache(
+                    conn,
+                    [(path, sha) for sha, path in frames.items()],
+                    posixpath.join(root, "cache"),
                 )
+                record.bytes_sent = upload.bytes_sent
+                conn.write_bytes(
+                    posixpath.join(job_dir, "batch.json"), batch_json(record.job_id, staged, engine)
+                )
+                record.timings_s["ship"] = round(time.monotonic() - t0, 3)
+                t0 = time.monotonic()
+                on_event("stage", message="running the worker")
+                on_event("progress", done=0, failed=0, total=len(staged))
+                failure = self._follow(conn, record, job_dir, on_event)
+                record.timings_s["run"] = round(time.monotonic() - t0, 3)
             t0 = time.monotonic()
             results_path = posixpath.join(job_dir, "results.jsonl")
             data = conn.read_bytes(results_path) if conn.exists(results_path) else b""
@@ -277,7 +284,74 @@ class UpsampleMixin:
                     item.fail(_error(failure))
         return results
 
-    def _collect(self, record, staged, results, save_dir: Path) -> None:
+    def _follow(self, conn, record, job_dir: str, on_event) -> WorkerError | None:
+        """Start or reattach to the worker and stream its output until it ends.
+
+        A dropped connection is retried with exponential backoff (`[remote] reconnect_attempts`
+        times), resuming the stream where it stopped; the worker keeps running meanwhile.
+        Returns the worker's failure, if it failed.
+        """
+        seen = 0
+        exit_text = None
+        tail: list[str] = []
+
+        def on_stdout(line: str) -> None:
+            nonlocal seen, exit_text
+            if line.startswith(jobctl.EXIT_PREFIX):
+                exit_text = line[len(jobctl.EXIT_PREFIX) :].strip()
+                return
+            seen += 1
+            progress = parse_progress(line)
+            if progress is not None:
+                on_event("progress", **progress)
+                return
+            tail.append(line)
+            del tail[:-20]
+            on_event("log", line=line)
+
+        attempts = self.config.remote.reconnect_attempts
+        for attempt in range(attempts + 1):
+            command = jobctl.launch_and_follow(job_dir, record.remote_command, skip_lines=seen)
+            try:
+                conn.run(ShellCommand(command), check=False, on_stdout=on_stdout)
+                break
+            except SSHError as exc:
+                if exc.code not in RETRIABLE or attempt == attempts:
+                    raise SSHError(
+                        f"{exc.message} (after {attempt + 1} attempt(s)); "
+                        f"job {record.job_id} keeps running on the host",
+                        "rerun the same command to reattach, or `cosmos remote status "
+                        f"{record.job_id}`",
+                        code=exc.code,
+                    ) from None
+                delay_s = min(2**attempt, 30)
+                on_event(
+                    "stage",
+                    message=f"connection lost; reconnecting in {delay_s} s "
+                    f"(attempt {attempt + 1} of {attempts})",
+                )
+                time.sleep(delay_s)
+        if exit_text == "0":
+            return None
+        last = " | ".join(line.strip() for line in tail[-3:] if line.strip())
+        if exit_text == "cancelled":
+            return WorkerError(
+                f"job {record.job_id} was cancelled",
+                "rerun the same command to resume: finished items are kept",
+                code="cancelled",
+            )
+        if exit_text in (None, "lost"):
+            message = "the worker stopped without an exit status (killed?)"
+        else:
+            message = f"the worker exited with code {exit_text}"
+        return WorkerError(
+            f"{message}: {last or 'no output'}",
+            f"see {posixpath.join(job_dir, 'worker.log')} on the host; rerun the same "
+            "command to resume (finished items are kept); `cosmos remote check` tells "
+            "whether the host is ready",
+        )
+
+    def _collect(self, record, staged, results, save_dir: Path, *, finished=True) -> None:
         for item in staged:
             result = results.get(item.id)
             if item.status == "failed":
@@ -286,8 +360,12 @@ class UpsampleMixin:
                 item.fail(
                     {
                         "code": "no_result",
-                        "message": "the worker finished without a result for this item",
-                        "hint": "rerun the same command: finished items are not redone",
+                        "message": "the worker finished without a result for this item"
+                        if finished
+                        else "no result yet for this item",
+                        "hint": "rerun the same command: finished items are not redone"
+                        if finished
+                        else f"`cosmos remote status {record.job_id}` shows whether it runs",
                     }
                 )
                 continue
