@@ -6,6 +6,7 @@ stand-in engine slowed down (FAKE_VLLM_DELAY_S) so there is a moment to interfer
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -232,3 +233,56 @@ def test_results_for_other_inputs_is_a_clear_error(job_env):
     error = json.loads(result.stdout)["error"]
     assert error["code"] == "job_mismatch"
     assert "not 0123456789abcdef" in error["message"]
+
+
+def test_interrupted_upload_leaves_no_corrupt_cache_entry_and_rerun_is_right(
+    job_env, sshd, tmp_path
+):
+    # Two 4K frames of noise: ~50 MB of PNG, long enough on loopback to cut the upload.
+    clip = tmp_path / "noise4k.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "nullsrc=s=3840x2160:r=2:d=1"]
+        + ["-vf", "geq=lum='random(1)*255':cb=128:cr=128", "-frames:v", "2"]
+        + ["-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv420p", str(clip)],
+        check=True,
+    )
+    prompts = job_env["workdir"] / "big"
+    prompts.mkdir()
+    spec = {"name": "noise", "prompt": "noise", "input_video_path": str(clip)}
+    (prompts / "noise.json").write_text(json.dumps(spec))
+    job_env["configure"]()
+    args = [sys.executable, "-m", "cosmos_workflow", "upsample", str(prompts), "--save-dir"]
+    args += ["out", "--max-resolution", "source", "--json"]
+    env = dict(os.environ, COSMOS_UPSAMPLING_MAX_TOKENS="8192")
+    proc = subprocess.Popen(
+        args, cwd=job_env["workdir"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    cache = job_env["host"] / "cosmos_workflow" / "cache"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        partial = [p for p in cache.glob(".*") if p.is_file() and p.stat().st_size > 1 << 20]
+        if partial:
+            break
+        time.sleep(0.01)
+    assert partial, "the upload never started"
+    sshd.kill_sessions()
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 4, stderr
+    assert json.loads(stdout)["error"]["code"] == "connection_lost"
+    assert b"Socket exception" not in stderr  # paramiko's own log stays quiet
+    # Nothing under a final cache name unless it is whole and verified.
+    for entry in cache.glob("*.png"):
+        assert hashlib.sha256(entry.read_bytes()).hexdigest() == entry.stem
+
+    result = subprocess.run(
+        args, cwd=job_env["workdir"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)["data"]
+    (item,) = record["items"]
+    assert item["status"] == "ok" and (item["frame_width"], item["frame_height"]) == (3840, 2160)
+    for entry in cache.glob("*.png"):
+        assert hashlib.sha256(entry.read_bytes()).hexdigest() == entry.stem
+    assert {p.stem for p in cache.glob("*.png")} >= set(
+        e["image_sha256"][0] for e in engine_events(job_env["log"])
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -43,6 +44,9 @@ def _main(
     ] = False,
 ) -> None:
     ctx.obj = {"config_file": config}
+    # paramiko logs transport errors ("Socket exception: …") through logging's last-resort
+    # handler onto stderr; we report each failure once, as one `error:` line.
+    logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 app.command("check")(check.check)
