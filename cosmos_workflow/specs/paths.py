@@ -65,6 +65,7 @@ def resolve_media(
             posix = PurePosixPath(written.as_posix())
             candidates += [root / written for root in checkout_roots(spec_dir, posix)]
     looked: list[Path] = []
+    folders: list[Path] = []
     for candidate in candidates:
         absolute = Path(os.path.abspath(candidate))
         if absolute in looked:
@@ -72,6 +73,16 @@ def resolve_media(
         looked.append(absolute)
         if absolute.is_file():
             return absolute.resolve(), None
+        if absolute.is_dir():
+            folders.append(absolute)
+    if folders:
+        # "not found" would be wrong (the path exists) and send the user looking elsewhere.
+        shown = "" if str(folders[0]) == text else f" ({folders[0]})"
+        return None, SpecError(
+            f"{where}{key} {text!r}{shown} is a folder, not a video file",
+            f"point {key} at the video file itself",
+            code="video_not_a_file",
+        )
     if spec_path is None:
         rule = "a video on the command line is relative to the current directory"
     elif spec_format is SpecFormat.NVIDIA:

@@ -26,19 +26,37 @@ def _read_json(path: Path) -> dict:
     try:
         size = path.stat().st_size
         if size > _MAX_SPEC_BYTES:
-            raise _fail(path, f"too large for a prompt spec ({size} bytes)")
+            raise _fail(
+                path,
+                f"too large for a prompt spec ({size} bytes)",
+                "a spec is a small JSON file; is this the right file?",
+            )
         data = path.read_bytes()
     except FileNotFoundError:
-        raise _fail(path, "no such file", code="spec_not_found") from None
+        raise _fail(
+            path,
+            "no such file",
+            "check the path; give a spec .json, a folder of specs or a video",
+            code="spec_not_found",
+        ) from None
     except IsADirectoryError:
-        raise _fail(path, "is a folder, not a spec file") from None
+        raise _fail(
+            path, "is a folder, not a spec file", "pass spec .json files, or folders of them"
+        ) from None
     except OSError as exc:
-        raise _fail(path, f"cannot be read ({exc.strerror or exc})") from None
+        raise _fail(
+            path, f"cannot be read ({exc.strerror or exc})", "check the file's permissions"
+        ) from None
     try:
         # utf-8-sig: editors on Windows like to prepend a byte-order mark.
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise _fail(path, f"is not UTF-8 text (byte {exc.start})", code="bad_json") from None
+        raise _fail(
+            path,
+            f"is not UTF-8 text (byte {exc.start})",
+            "save the file as UTF-8 (JSON files must be UTF-8)",
+            code="bad_json",
+        ) from None
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -49,7 +67,11 @@ def _read_json(path: Path) -> dict:
             code="bad_json",
         ) from None
     if not isinstance(obj, dict):
-        raise _fail(path, f"a spec must be a JSON object, not {type(obj).__name__}")
+        raise _fail(
+            path,
+            f"a spec must be a JSON object, not {type(obj).__name__}",
+            'a spec file holds one object: {"prompt": ..., "input_video_path": ...}',
+        )
     return obj
 
 
@@ -64,11 +86,19 @@ def _text(path: Path, obj: dict, key: str, *, required: bool = False) -> str | N
         return None
     value = obj[key]
     if not isinstance(value, str):
-        raise _fail(path, f'"{key}" must be a string, not {type(value).__name__}')
+        raise _fail(
+            path,
+            f'"{key}" must be a string, not {type(value).__name__}',
+            f'write "{key}" as a JSON string, in double quotes',
+        )
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise _fail(path, f'"{key}" holds an unpaired UTF-16 surrogate (\\ud8xx escape)') from None
+        raise _fail(
+            path,
+            f'"{key}" holds an unpaired UTF-16 surrogate (\\ud8xx escape)',
+            "an emoji written as \\u escapes needs both halves of its surrogate pair",
+        ) from None
     return value
 
 
@@ -77,13 +107,21 @@ def _seed_controls(path: Path, obj: dict) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise _fail(path, f'"control_inputs" must be an object, not {type(value).__name__}')
+        raise _fail(
+            path,
+            f'"control_inputs" must be an object, not {type(value).__name__}',
+            'write it as {"edge": "path/to/edge.mp4", ...}',
+        )
     controls = {}
     for name, control_path in value.items():
         if control_path is None:
             continue
         if not isinstance(control_path, str):
-            raise _fail(path, f'"control_inputs.{name}" must be a path string')
+            raise _fail(
+                path,
+                f'"control_inputs.{name}" must be a path string',
+                f'write "{name}" as a path in double quotes, or null',
+            )
         controls[name] = control_path
     return controls
 
@@ -93,12 +131,20 @@ def _nvidia_controls(path: Path, obj: dict) -> dict[str, str]:
     for key, value in obj.items():
         if key in HINT_KEYS:
             if not isinstance(value, dict):
-                raise _fail(path, f'hint "{key}" must be an object, not {type(value).__name__}')
+                raise _fail(
+                    path,
+                    f'hint "{key}" must be an object, not {type(value).__name__}',
+                    f'write it as "{key}": {{"control_weight": 1.0}} (NVIDIA\'s layout)',
+                )
             control_path = value.get("input_control")
             if control_path is None:
                 continue
             if not isinstance(control_path, str):
-                raise _fail(path, f'"{key}.input_control" must be a path string')
+                raise _fail(
+                    path,
+                    f'"{key}.input_control" must be a path string',
+                    "write it as a path in double quotes, or leave it out",
+                )
             controls[key] = control_path
         elif isinstance(value, dict):
             raise _fail(
@@ -122,7 +168,12 @@ def load_spec(path: Path) -> PromptSpec:
     path = Path(os.path.abspath(path))
     obj = _read_json(path)
     if obj.get("kind") == RUN_RECORD_KIND:
-        raise _fail(path, "is a cosmos run record, not a prompt spec", code="run_record")
+        raise _fail(
+            path,
+            "is a cosmos run record, not a prompt spec",
+            "give the prompt specs (run.json only records what a run did)",
+            code="run_record",
+        )
     spec_format = _spec_format(obj)
     prompt = _text(path, obj, "prompt", required=True)
     negative_prompt = _text(path, obj, "negative_prompt")
@@ -135,7 +186,9 @@ def load_spec(path: Path) -> PromptSpec:
         is_upsampled = obj.get("is_upsampled")
         is_upsampled = False if is_upsampled is None else is_upsampled
         if not isinstance(is_upsampled, bool):
-            raise _fail(path, '"is_upsampled" must be true or false')
+            raise _fail(
+                path, '"is_upsampled" must be true or false', "write true or false, without quotes"
+            )
         written_controls = _seed_controls(path, obj)
     else:
         spec_id, name, is_upsampled = None, path.stem, False
