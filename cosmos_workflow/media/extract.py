@@ -64,7 +64,17 @@ def _run(node, ffmpeg_cmd: str, *, what: str):
     return run_tool(args, what=what)
 
 
-def _failure(path: Path, stderr: bytes) -> MediaError:
+# Lines ffmpeg prints only after it opened the file, when the data of the frames is damaged or
+# missing (a cut file whose index survived). Without them, a failure is one to open the file.
+_DECODE_DAMAGE = re.compile(
+    r"partial file|Error while decoding stream|Invalid NAL|Error splitting the input"
+    r"|missing picture|Packet corrupt|decode_slice|concealing",
+    re.IGNORECASE,
+)
+
+
+def _failure(path: Path, stderr: bytes, *, got: int, wanted: int) -> MediaError:
+    """The MediaError for ffmpeg exiting non-zero after writing `got` of `wanted` frames."""
     text = stderr.decode("utf-8", "replace")
     if "matches no streams" in text:
         return MediaError(
@@ -72,6 +82,10 @@ def _failure(path: Path, stderr: bytes) -> MediaError:
             "pass a video file; the upsampler reads its first frames",
             code="media_not_video",
         )
+    if _DECODE_DAMAGE.search(text):
+        # ffmpeg's last line then is often "Invalid data found when processing input", which
+        # open_failure would read as "not a video": the file is a video, with damaged data.
+        return _shortfall(path, got, wanted, stderr)
     return open_failure(path, stderr, tool="ffmpeg")
 
 
@@ -133,9 +147,9 @@ def extract_frames(
         **{"frames:v": frame_count},
     )
     result = _run(node, ffmpeg, what=f"extracting frames of {path}")
-    if result.returncode != 0:
-        raise _failure(path, result.stderr)
     got = sum(1 for p in expected if p.is_file())
+    if result.returncode != 0:
+        raise _failure(path, result.stderr, got=got, wanted=frame_count)
     if got < frame_count:
         raise _shortfall(path, got, frame_count, result.stderr)
     for frame in expected:
@@ -198,10 +212,10 @@ def make_hint_video(
     node = stream.output(str(tmp), **options)
     try:
         result = _run(node, ffmpeg, what=f"writing a hint video of {path}")
-        if result.returncode != 0:
-            raise _failure(path, result.stderr)
         written = read_mp4(tmp)  # the frame count from the file's own index, no ffprobe
         got = written.frame_count if written else 0
+        if result.returncode != 0:
+            raise _failure(path, result.stderr, got=got, wanted=frame_count)
         if got < frame_count:
             raise _shortfall(path, got, frame_count, result.stderr)
         tmp.replace(out_path)

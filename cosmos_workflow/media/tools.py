@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -124,11 +125,16 @@ def starts_like_mp4(path: Path) -> bool:
     return len(head) == 8 and head[4:8] in MP4_FIRST_BOXES
 
 
+# ffmpeg tags lines with the address of the component that logged them ("[h264 @ 0x55d…]"):
+# noise that differs on every run, dropped from messages.
+_COMPONENT_ADDRESS = re.compile(r" @ 0x[0-9a-fA-F]+\]")
+
+
 def last_lines(stderr: bytes | str, count: int = 3) -> str:
     """The last non-empty lines of a tool's stderr, joined for a one-line message."""
     text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return " | ".join(lines[-count:])
+    return " | ".join(_COMPONENT_ADDRESS.sub("]", line) for line in lines[-count:])
 
 
 def open_failure(path: Path, stderr: bytes | str, *, tool: str) -> MediaError:
