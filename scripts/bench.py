@@ -1,0 +1,398 @@
+#!/usr/bin/env python3
+"""cosmos-workflow benchmark: each number measured side by side with its baseline in one run.
+
+    .venv/bin/python scripts/bench.py [--quick] [--only NAME ...] [--json]
+
+Cases (--only takes a name or its letter; a letter selects every case of that letter):
+
+  a  extract-robot     first 2 frames → 320×180 of the 1280×704 robot clip, cold cache, vs a
+                       full-clip `ffmpeg -i clip -vf scale=320:180 out.mp4`; and the cache hit
+  a  extract-1080p     the same on a 10 s 1920×1080 30 fps libx264 testsrc2 clip made here
+  b  check-100         `cosmos check DIR --json` on 100 specs of 100 distinct generated clips,
+                       wall time of the CLI subprocess; phases measured in a second process
+  c  bytes-per-prompt  `cosmos upsample` bytes_sent vs the source clip's size (real clips)
+  d  ssh-ops           exec + SFTP operations of a batch of 10 and of 100 items
+  e  batch-100         wall time of a 100-item `cosmos upsample` over loopback sshd
+  f  batch-1000        wall time and peak RSS of a 1,000-item batch, RSS next to 100 items
+
+Batches run the real CLI against the test suite's throwaway OpenSSH sshd on 127.0.0.1 with the
+stand-in engine (tests/fake_vllm), cold on both sides. --quick: fewer repetitions, a 2 s 1080p
+clip, no phase split for check-100, batches over 10 distinct clips instead of 100, and 200
+items instead of 1,000 (indicative only: the goals are for the full run).
+
+Exit code: 0 every case measured (MISS rows included), 1 a case could not be measured,
+2 a missing tool or a bad argument.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_env import (  # noqa: E402
+    CLIP_COUNT,
+    EXAMPLE1,
+    ROBOT,
+    BenchError,
+    Workspace,
+    ffmpeg,
+    median_time,
+    require_tools,
+    run_measured,
+    tail,
+)
+
+MIB = 1024 * 1024
+
+
+@dataclass
+class Row:
+    """One line of the table. `ratio` is baseline/measured for speed-ups, measured/baseline
+    otherwise (the case's `ratio_text` says which)."""
+
+    case: str
+    name: str
+    measured: float
+    unit: str
+    baseline: float | None = None
+    ratio: float | None = None
+    ratio_text: str = ""
+    goal: str = "report"
+    passed: bool | None = None
+    detail: str = ""
+
+
+def fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "s":
+        if value < 0.1:
+            return f"{value * 1000:.1f} ms"
+        return f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
+    if unit == "B":
+        return f"{value:,.0f} B"
+    if unit == "MiB":
+        return f"{value:.1f} MiB"
+    return f"{value:g} {unit}".strip()
+
+
+def speedup(case, name, measured, baseline, goal_x: float | None, detail="") -> Row:
+    ratio = baseline / measured
+    return Row(
+        case, name, measured, "s", baseline, ratio, f"{ratio:.1f}×",
+        f"≥{goal_x:g}×" if goal_x else "report", None if goal_x is None else ratio >= goal_x,
+        detail,
+    )  # fmt: skip
+
+
+# -- (a) first frames vs a full transcode -------------------------------------------------------
+
+
+def _extraction_rows(ws: Workspace, case: str, clip: Path, label: str, goal_x: float, reps: int):
+    from cosmos_workflow.media import FrameCache
+
+    folder = ws.folder(case)
+    runs = iter(range(10_000))
+
+    def transcode():
+        ffmpeg("-i", str(clip), "-vf", "scale=320:180", str(folder / "full.mp4"))
+
+    def cold():  # a new cache folder each time: hashing + ffmpeg + manifest, no hit
+        prepared = FrameCache(folder / f"cache-{next(runs)}").frames(clip, 320, 180, 2)
+        assert not prepared.cached
+
+    # Interleaved so both sides see the same machine state; medians of `reps`.
+    base, cold_s = [], []
+    for _ in range(reps):
+        base.append(median_time(transcode, 1)[0])
+        cold_s.append(median_time(cold, 1)[0])
+    base_s, ours_s = sorted(base)[len(base) // 2], sorted(cold_s)[len(cold_s) // 2]
+    warm = FrameCache(folder / "cache-warm")
+    warm.frames(clip, 320, 180, 2)
+    hit_s, _ = median_time(lambda: warm.frames(clip, 320, 180, 2), max(reps, 5))
+    size = clip.stat().st_size
+    return [
+        speedup(case, f"{label}: 2 frames → 320×180, cold", ours_s, base_s, goal_x,
+                f"{size / MIB:.1f} MiB source; baseline = full-clip transcode; median of {reps}"),
+        speedup(case, f"{label}: cache hit", hit_s, base_s, None),
+    ]  # fmt: skip
+
+
+def case_extract_robot(ws: Workspace) -> list[Row]:
+    return _extraction_rows(
+        ws, "extract-robot", ROBOT, "robot 1280×704 121 fr", 5, 3 if ws.quick else 7
+    )
+
+
+def case_extract_1080p(ws: Workspace) -> list[Row]:
+    seconds = 2 if ws.quick else 10
+    clip = ws.folder("clip-1080p") / "testsrc2_1080p.mp4"
+    ffmpeg(
+        "-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=30", "-t", str(seconds),
+        "-c:v", "libx264", "-pix_fmt", "yuv420p", str(clip),
+    )  # fmt: skip
+    label = f"1080p {seconds} s 30 fps" + (" (--quick)" if ws.quick else "")
+    return _extraction_rows(ws, "extract-1080p", clip, label, 15, 1 if ws.quick else 3)
+
+
+# -- (b) cosmos check on 100 clips -----------------------------------------------------------
+
+PHASES = r"""
+import json, sys, time
+from pathlib import Path
+t = [time.perf_counter()]
+import cosmos_workflow.cli
+from cosmos_workflow import media, tokens
+from cosmos_workflow.workflows import WorkflowOrchestrator
+t.append(time.perf_counter())
+tokens.text_tokens("load the tokenizer")
+t.append(time.perf_counter())
+orch = WorkflowOrchestrator()
+specs, errors = orch.load_inputs([Path(sys.argv[1])])
+t.append(time.perf_counter())
+infos = media.probe_many([s.video for s in specs], ffprobe=orch.ffprobe, min_frames=2)
+t.append(time.perf_counter())
+for s, info in zip(specs, infos):
+    c = tokens.count_prompt_tokens(info.width, info.height, 2, s.prompt)
+    tokens.verdict(c.prompt_tokens, 4096, 300)
+t.append(time.perf_counter())
+names = ["imports", "tokenizer load", "load 100 specs", "probe 100 clips", "count tokens"]
+print(json.dumps({n: b - a for n, a, b in zip(names, t, t[1:])}))
+"""
+
+
+def case_check_100(ws: Workspace) -> list[Row]:
+    specs = ws.specs(CLIP_COUNT, "check-specs")
+    work = ws.folder("check")
+    env = ws.env(work / "user")
+    argv = [ws.tools["cosmos"], "check", str(specs), "--json"]
+    walls = []
+    for i in range(1 if ws.quick else 3):
+        run = run_measured(argv, cwd=work, env=env, out_prefix=work / f"check{i}")
+        if run.exit_code != 0:
+            raise BenchError(f"cosmos check exited {run.exit_code}: {tail(run.stderr)}")
+        items = run.json()["data"]["items"]
+        if len(items) != CLIP_COUNT or any(it["verdict"] != "fits" for it in items):
+            raise BenchError("cosmos check: expected 100 items that fit")
+        walls.append(run.wall_s)
+    wall_s = sorted(walls)[len(walls) // 2]
+    detail = f"median of {len(walls)}"
+    if not ws.quick:
+        start_s, _ = median_time(lambda: subprocess.run([sys.executable, "-c", "pass"]), 3)
+        phases = subprocess.run(
+            [sys.executable, "-c", PHASES, str(specs)],
+            cwd=work, env=env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        parts = {"python start": start_s, **json.loads(phases.stdout)}
+        parts["CLI rest (typer, rich, JSON, exit)"] = max(0.0, wall_s - sum(parts.values()))
+        detail += "; phases (s, another process): " + ", ".join(
+            f"{k} {v:.2f}" for k, v in parts.items()
+        )
+    return [
+        Row("check-100", "cosmos check, 100 distinct clips (wall, subprocess)", wall_s, "s",
+            goal="< 5 s", passed=wall_s < 5, detail=detail),
+    ]  # fmt: skip
+
+
+# -- (c) bytes per prompt --------------------------------------------------------------------
+
+
+def case_bytes_per_prompt(ws: Workspace) -> list[Row]:
+    rows = []
+    variants = [("office_handover", EXAMPLE1, "640×480"), ("robot_lab_night", ROBOT, "1280×704")]
+    extras = [()] if ws.quick else [(), ("--preprocess-videos",)]
+    for extra in extras:
+        for spec_name, clip, size in variants:
+            label = f"{spec_name}{'-pre' if extra else ''}"
+            _, record = ws.upsample(ws.seed_spec(spec_name), label, *extra)
+            (item,) = record["items"]
+            sent, source = record["bytes_sent"], clip.stat().st_size
+            ratio = sent / source
+            how = " --preprocess-videos" if extra else ""
+            rows.append(
+                Row("bytes-per-prompt",
+                    f"{clip.name} {size}{how} (sent {item['frame_width']}×{item['frame_height']})",
+                    sent, "B", source, ratio, f"{ratio:.1%}", "≤ 2%", ratio <= 0.02,
+                    "baseline = the whole source clip (the seed project uploaded it)")
+            )  # fmt: skip
+    return rows
+
+
+# -- (d, e, f) batches over loopback ---------------------------------------------------------
+
+
+def _ops(record: dict) -> int:
+    return record["ops"]["exec"] + record["ops"]["sftp"]
+
+
+def case_ssh_ops(ws: Workspace) -> list[Row]:
+    (_, small), (_, large) = ws.batch(10), ws.batch(100)
+    ops_10, ops_100 = _ops(small), _ops(large)
+    return [
+        Row("ssh-ops", "SSH exec+SFTP ops, 10 items", ops_10, "ops", goal="≤ 10",
+            passed=ops_10 <= 10, detail=f"{small['ops']}"),
+        Row("ssh-ops", "SSH exec+SFTP ops, 100 items", ops_100, "ops", ops_10,
+            ops_100 / ops_10, f"{ops_100 / ops_10:.2f}× of N=10", "≤ 10, same as N=10",
+            ops_100 <= 10 and ops_100 == ops_10, f"{large['ops']}"),
+    ]  # fmt: skip
+
+
+def _timings(record: dict) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in record.get("timings_s", {}).items())
+
+
+def case_batch_100(ws: Workspace) -> list[Row]:
+    run, record = ws.batch(100)
+    return [
+        Row("batch-100", "cosmos upsample, 100 items, loopback (wall)", run.wall_s, "s",
+            detail=f"record timings_s: {_timings(record)}; {record['bytes_sent']:,} B sent"),
+    ]  # fmt: skip
+
+
+def case_batch_1000(ws: Workspace) -> list[Row]:
+    count = 200 if ws.quick else 1000
+    small_run, _ = ws.batch(100)
+    run, record = ws.batch(count)
+    flat = run.hwm_kib / small_run.hwm_kib
+    return [
+        Row("batch-1000", f"cosmos upsample, {count} items, loopback (wall)", run.wall_s, "s",
+            goal="< 60 s", passed=run.wall_s < 60,
+            detail=f"record timings_s: {_timings(record)}; {record['bytes_sent']:,} B sent"),
+        Row("batch-1000", f"peak RSS of cosmos, {count} items vs 100", run.hwm_kib / 1024, "MiB",
+            small_run.hwm_kib / 1024, flat, f"{flat:.2f}×", "≤ 1.2× (flat)", flat <= 1.2,
+            f"VmHWM of the cosmos process; wait4 ru_maxrss (with ffmpeg children): "
+            f"{run.maxrss_kib / 1024:.1f} vs {small_run.maxrss_kib / 1024:.1f} MiB"),
+    ]  # fmt: skip
+
+
+MEDIA_TOOLS = ("ffmpeg", "ffprobe")
+HOST_TOOLS = (*MEDIA_TOOLS, "cosmos", "ssh-keygen", "sshd")
+# name: (letter, function, the executables it needs)
+CASES = {
+    "extract-robot": ("a", case_extract_robot, MEDIA_TOOLS),
+    "extract-1080p": ("a", case_extract_1080p, MEDIA_TOOLS),
+    "check-100": ("b", case_check_100, (*MEDIA_TOOLS, "cosmos")),
+    "bytes-per-prompt": ("c", case_bytes_per_prompt, HOST_TOOLS),
+    "ssh-ops": ("d", case_ssh_ops, HOST_TOOLS),
+    "batch-100": ("e", case_batch_100, HOST_TOOLS),
+    "batch-1000": ("f", case_batch_1000, HOST_TOOLS),
+}
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def verdict(row: Row) -> str:
+    return "-" if row.passed is None else ("PASS" if row.passed else "MISS")
+
+
+def print_table(rows: list[Row], errors: dict[str, str]) -> None:
+    header = ("name", "measured", "baseline", "ratio", "goal", "result")
+    lines = [
+        (r.name, fmt(r.measured, r.unit), fmt(r.baseline, r.unit), r.ratio_text or "-", r.goal,
+         verdict(r))
+        for r in rows
+    ]  # fmt: skip
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines, strict=True)]
+    for i, line in enumerate([header, *lines]):
+        print("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    details = [r for r in rows if r.detail]
+    if details:
+        print()
+        for r in details:
+            print(f"- {r.name}: {r.detail}")
+    for case, message in errors.items():
+        print(f"ERROR {case}: {message}")
+
+
+def machine() -> dict:
+    version = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "ffmpeg": " ".join(version.split()[:3]),
+        "loadavg": os.getloadavg(),
+        "platform": platform.platform(),
+    }
+
+
+def selected(only: list[str] | None) -> list[str]:
+    if not only:
+        return list(CASES)
+    names = []
+    for word in only:
+        matches = [n for n, (letter, *_) in CASES.items() if word in (n, letter)]
+        if not matches:
+            raise SystemExit(f"error: unknown case {word!r}; one of: {', '.join(CASES)}, a-f")
+        names += [m for m in matches if m not in names]
+    return [n for n in CASES if n in names]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer reps, smaller inputs")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="case names or letters a-f")
+    parser.add_argument("--json", action="store_true", help="print JSON to stdout")
+    args = parser.parse_args(argv)
+    try:
+        names = selected(args.only)
+    except SystemExit as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    try:
+        tools = require_tools({tool for name in names for tool in CASES[name][2]})
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    rows: list[Row] = []
+    errors: dict[str, str] = {}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="cosmos-bench-") as tmp:
+        ws = Workspace(Path(tmp), tools, quick=args.quick)
+        try:
+            for name in names:
+                print(f"bench: {name} …", file=sys.stderr, flush=True)
+                t0 = time.perf_counter()
+                try:
+                    rows += CASES[name][1](ws)
+                except (BenchError, OSError, subprocess.SubprocessError, ValueError) as exc:
+                    errors[name] = str(exc)
+                    print(f"bench: {name} FAILED: {exc}", file=sys.stderr, flush=True)
+                print(f"bench: {name} {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        finally:
+            ws.close()
+    total_s = time.perf_counter() - started
+    if args.json:
+        report = {
+            "quick": args.quick,
+            "total_s": round(total_s, 2),
+            "machine": machine(),
+            "rows": [{**asdict(r), "result": verdict(r)} for r in rows],
+            "errors": errors,
+        }
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        m = machine()
+        print(f"cosmos-workflow benchmark{' (--quick)' if args.quick else ''}: {m['cpus']} CPUs, "
+              f"Python {m['python']}, {m['ffmpeg']}; {total_s:.0f} s; load average "
+              f"{m['loadavg'][0]:.2f} at the end\n")  # fmt: skip
+        print_table(rows, errors)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
