@@ -202,7 +202,7 @@ class Workspace:
             ffmpeg(
                 "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=24",
                 "-frames:v", str(CLIP_COUNT * CLIP_FRAMES), "-c:v", "libx264",
-                "-preset", "veryfast", "-pix_fmt", "yuv420p",
+                "-preset", "ultrafast", "-pix_fmt", "yuv420p",
                 "-force_key_frames", f"expr:gte(t,n_forced*{seconds})",
                 "-f", "segment", "-segment_time", str(seconds), "-reset_timestamps", "1",
                 str(folder / "clip_%03d.mp4"),
