@@ -7,7 +7,7 @@ import posixpath
 import shlex
 from pathlib import Path
 
-from ..errors import CosmosError, RemoteCommandError
+from ..errors import CosmosError, RemoteCommandError, TransferError
 from ..fsutil import sha256_file
 from ..remote import jobctl
 from ..remote import runner as runners
@@ -59,7 +59,16 @@ class RemoteMixin:
             f"mkdir -p {shlex.join(folders)} && "
             f"(sha256sum {shlex.quote(worker)} 2>/dev/null || true)"
         )
-        remote_hash = conn.run(ShellCommand(command)).stdout.split(" ")[0].strip()
+        result = conn.run(ShellCommand(command), check=False)
+        if result.exit_code != 0:
+            reason = (result.stderr.strip().splitlines() or ["mkdir failed"])[-1]
+            raise TransferError(
+                f"cannot create {root} on the host: {reason.rsplit(': ', 1)[-1]}",
+                f"[paths] remote_dir ({self.config.paths.remote_dir}) must be a folder the SSH "
+                "user can write: fix its permissions or choose another remote_dir",
+                code="remote_permission",
+            )
+        remote_hash = result.stdout.split(" ")[0].strip()
         if remote_hash == sha256_file(WORKER_FILE):
             return False
         conn.put(WORKER_FILE, worker)

@@ -7,8 +7,10 @@ operations that does not grow with the batch (see `RunRecord.ops`).
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
+import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -293,7 +295,6 @@ class UpsampleMixin:
         """
         seen = 0
         exit_text = None
-        tail: list[str] = []
 
         def on_stdout(line: str) -> None:
             nonlocal seen, exit_text
@@ -305,8 +306,6 @@ class UpsampleMixin:
             if progress is not None:
                 on_event("progress", **progress)
                 return
-            tail.append(line)
-            del tail[:-20]
             on_event("log", line=line)
 
         attempts = self.config.remote.reconnect_attempts
@@ -333,19 +332,14 @@ class UpsampleMixin:
                 time.sleep(delay_s)
         if exit_text == "0":
             return None
-        last = " | ".join(line.strip() for line in tail[-3:] if line.strip())
         if exit_text == "cancelled":
             return WorkerError(
                 f"job {record.job_id} was cancelled",
                 "rerun the same command to resume: finished items are kept",
                 code="cancelled",
             )
-        if exit_text in (None, "lost"):
-            message = "the worker stopped without an exit status (killed?)"
-        else:
-            message = f"the worker exited with code {exit_text}"
         return WorkerError(
-            f"{message}: {last or 'no output'}",
+            _worker_failure(exit_text, _status_error(conn, job_dir)),
             f"see {posixpath.join(job_dir, 'worker.log')} on the host; rerun the same "
             "command to resume (finished items are kept); `cosmos remote check` tells "
             "whether the host is ready",
@@ -388,6 +382,28 @@ class UpsampleMixin:
             item.status = "ok"
 
 
+def _status_error(conn, job_dir: str) -> str | None:
+    """The worker's own one-line reason for failing, from its status.json (if it wrote one)."""
+    try:
+        status = json.loads(conn.read_bytes(posixpath.join(job_dir, "status.json")))
+    except (CosmosError, ValueError):
+        return None
+    error = status.get("error") if isinstance(status, dict) else None
+    return " ".join(str(error).split()) if error else None
+
+
+def _worker_failure(exit_text: str | None, reason: str | None) -> str:
+    """One line: how the worker ended, and why when it said so."""
+    if exit_text is None or not exit_text.isdigit():
+        message = "the worker stopped without an exit status (killed, or the host rebooted)"
+    elif int(exit_text) > 128 and int(exit_text) - 128 in signal.Signals._value2member_map_:
+        name = signal.Signals(int(exit_text) - 128).name
+        message = f"the worker was killed by {name} (exit code {exit_text})"
+    else:
+        message = f"the worker exited with code {exit_text}"
+    return f"{message}: {reason}" if reason else message
+
+
 def _budget_error(check: CheckItem) -> dict:
     needed = check.prompt_tokens + check.output_tokens
     if check.recommended_width:
@@ -410,6 +426,12 @@ def _budget_error(check: CheckItem) -> dict:
 
 def _check_writable(save_dir: Path) -> None:
     """Fail before any network traffic when the outputs could not be written."""
+    if save_dir.exists() and not save_dir.is_dir():
+        raise CosmosError(
+            f"cannot write to --save-dir {save_dir}: it is a file, not a folder",
+            "choose a folder you can write to",
+            code="save_dir_not_writable",
+        )
     try:
         save_dir.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=save_dir, prefix=".cosmos-write-test-")
