@@ -65,7 +65,7 @@ def resolve_media(
             posix = PurePosixPath(written.as_posix())
             candidates += [root / written for root in checkout_roots(spec_dir, posix)]
     looked: list[Path] = []
-    folders: list[Path] = []
+    not_files: list[Path] = []  # exist, but are folders, devices, pipes or sockets
     for candidate in candidates:
         absolute = Path(os.path.abspath(candidate))
         if absolute in looked:
@@ -73,13 +73,19 @@ def resolve_media(
         looked.append(absolute)
         if absolute.is_file():
             return absolute.resolve(), None
-        if absolute.is_dir():
-            folders.append(absolute)
-    if folders:
+        if absolute.exists():
+            not_files.append(absolute)
+    if not_files:
         # "not found" would be wrong (the path exists) and send the user looking elsewhere.
-        shown = "" if str(folders[0]) == text else f" ({folders[0]})"
+        # A pipe or device is refused here, before anything could block reading it.
+        found = not_files[0]
+        shown = "" if str(found) == text else f" ({found})"
+        if found.is_dir():
+            what = "a folder, not a video file"
+        else:
+            what = "not a regular file (a device, pipe or socket)"
         return None, SpecError(
-            f"{where}{key} {text!r}{shown} is a folder, not a video file",
+            f"{where}{key} {text!r}{shown} is {what}",
             f"point {key} at the video file itself",
             code="video_not_a_file",
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path, PureWindowsPath
 
 from ..errors import SpecError
@@ -24,7 +25,17 @@ def _fail(path: Path, reason: str, hint: str | None = None, code: str = "bad_spe
 
 def _read_json(path: Path) -> dict:
     try:
-        size = path.stat().st_size
+        st = path.stat()
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(path)
+        if not stat.S_ISREG(st.st_mode):
+            # Reading a named pipe would block until someone writes to it: refuse it instead.
+            raise _fail(
+                path,
+                "is not a regular file (a device, pipe or socket)",
+                "give a spec .json file",
+            )
+        size = st.st_size
         if size > _MAX_SPEC_BYTES:
             raise _fail(
                 path,
