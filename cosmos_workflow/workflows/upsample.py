@@ -14,6 +14,7 @@ import signal
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .. import tokens
@@ -39,6 +40,8 @@ WORKER_FILE = Path(__file__).resolve().parent.parent / "remote" / "worker.py"
 MODEL_NAME = "nvidia/Cosmos-UpsamplePrompt1-12B-Transfer"
 
 Events = Callable[..., None]
+# Concurrent ffmpeg extractions while staging a batch.
+STAGE_WORKERS = 4
 
 # SSH failures worth a reconnect: the network, not the settings (host keys, auth, paths).
 RETRIABLE = {
@@ -221,21 +224,32 @@ class UpsampleMixin:
         return items, load_errors
 
     def _stage(self, items: list[PlannedItem], budget: Budget) -> None:
-        """Extract each item's first frames at its size into the content-addressed cache."""
-        cache = None
-        for item in items:
-            if item.status != "planned":
-                continue
-            cache = cache or self.frame_cache()
+        """Extract each item's first frames at its size into the content-addressed cache.
+
+        One ffmpeg process per distinct (clip, size), a few at a time: most of each one's time
+        is ffmpeg starting up, which overlaps well even on two cores.
+        """
+        todo = [item for item in items if item.status == "planned"]
+        if not todo:
+            return
+        cache = self.frame_cache()
+        keys = {(item.spec.video, item.frame_width, item.frame_height) for item in todo}
+
+        def extract(key):
             try:
-                prepared = cache.frames(
-                    item.spec.video, item.frame_width, item.frame_height, budget.frames
-                )
+                return cache.frames(key[0], key[1], key[2], budget.frames)
             except MediaError as exc:
-                item.fail(_error(exc))
+                return exc
+
+        with ThreadPoolExecutor(max_workers=STAGE_WORKERS) as pool:
+            prepared = dict(zip(keys, pool.map(extract, keys), strict=True))
+        for item in todo:
+            frames = prepared[(item.spec.video, item.frame_width, item.frame_height)]
+            if isinstance(frames, MediaError):
+                item.fail(_error(frames))
                 continue
-            item.frame_files = list(prepared.paths)
-            item.frame_sha256 = list(prepared.sha256)
+            item.frame_files = list(frames.paths)
+            item.frame_sha256 = list(frames.sha256)
             item.status = "staged"
 
     def _ship_and_run(self, record, staged, engine, runner, on_event, *, launch=True):
