@@ -19,6 +19,7 @@ environment variable or flag), the key and what is expected.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import sys
@@ -37,6 +38,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 APP_NAME = "cosmos-workflow"
 ENV_PREFIX = "COSMOS_"
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*[x×X]\s*(\d+)\s*$")
+# What a POSIX shell accepts as a variable name (the worker's environment is set through one).
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 # --- value types -----------------------------------------------------------------------------
@@ -45,7 +48,19 @@ _SIZE_RE = re.compile(r"^\s*(\d+)\s*[x×X]\s*(\d+)\s*$")
 def _as_str(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("a string")
+    if "\x00" in value:
+        # No path, host or command can hold NUL: the OS would cut the string there.
+        raise ValueError("a string without NUL characters")
     return value
+
+
+def _as_host(value: Any) -> str:
+    text = _as_str(value)
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise ValueError(
+            "a host name, address or ssh config alias (no spaces or control characters)"
+        )
+    return text
 
 
 def _as_int(value: Any) -> int:
@@ -68,6 +83,13 @@ def _as_positive_int(value: Any) -> int:
     return number
 
 
+def _as_count(value: Any) -> int:
+    number = _as_int(value)
+    if number < 0:
+        raise ValueError("an integer, 0 or more")
+    return number
+
+
 def _as_port(value: Any) -> int:
     number = _as_int(value)
     if not 1 <= number <= 65535:
@@ -80,12 +102,28 @@ def _as_float(value: Any) -> float:
         raise ValueError("a number")
     if isinstance(value, str):
         try:
-            return float(value.strip())
+            value = float(value.strip())
         except ValueError:
             raise ValueError("a number") from None
     if not isinstance(value, (int, float)):
         raise ValueError("a number")
+    if not math.isfinite(value):
+        raise ValueError("a finite number")
     return float(value)
+
+
+def _as_positive_float(value: Any) -> float:
+    number = _as_float(value)
+    if number <= 0:
+        raise ValueError("a number above 0")
+    return number
+
+
+def _as_non_negative_float(value: Any) -> float:
+    number = _as_float(value)
+    if number < 0:
+        raise ValueError("a number, 0 or more")
+    return number
 
 
 def _as_bool(value: Any) -> bool:
@@ -124,10 +162,16 @@ def _as_env(value: Any) -> dict:
             pairs[name] = val
         value = pairs
     if not isinstance(value, dict) or not all(
-        isinstance(k, str) and k.replace("_", "").isalnum() and isinstance(v, (str, int, float))
+        isinstance(k, str)
+        and _ENV_NAME_RE.fullmatch(k)
+        and isinstance(v, (str, int, float))
+        and "\x00" not in str(v)
         for k, v in value.items()
     ):
-        raise ValueError('a table like { NAME = "value" } of environment variables')
+        raise ValueError(
+            'a table like { NAME = "value" } of environment variables (names of letters, digits '
+            "and _, not starting with a digit; values without NUL)"
+        )
     return {k: str(v) for k, v in value.items()}
 
 
@@ -165,7 +209,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
             "ssh",
             '"ssh" to a GPU host, or "local" to run on this machine (you are on the GPU box)',
         ),
-        "host": Field(_as_str, "", "host name, address or ~/.ssh/config alias of the GPU host"),
+        "host": Field(_as_host, "", "host name, address or ~/.ssh/config alias of the GPU host"),
         "user": Field(_as_str, "", "SSH user (empty: from ~/.ssh/config, else your login)"),
         "port": Field(_as_port, 22, "SSH port"),
         "ssh_key": Field(_as_path, "", "private key file (empty: ~/.ssh/config or ssh-agent)"),
@@ -176,9 +220,11 @@ SCHEMA: dict[str, dict[str, Field]] = {
             '"strict" refuses unknown hosts; "accept-new" records a new host\'s key on first '
             "connect (a changed key is always refused)",
         ),
-        "connect_timeout_s": Field(_as_float, 15.0, "seconds to wait for the SSH connection"),
+        "connect_timeout_s": Field(
+            _as_positive_float, 15.0, "seconds to wait for the SSH connection"
+        ),
         "reconnect_attempts": Field(
-            _as_int,
+            _as_count,
             5,
             "reconnects (1, 2, 4 … s apart) when the connection drops while a job runs",
         ),
@@ -228,7 +274,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
             2,
             "sequences the engine runs at once; NVIDIA's 2 keeps a 12B model within one GPU",
         ),
-        "temperature": Field(_as_float, 0.6, "sampling temperature (NVIDIA's upsampler: 0.6)"),
+        "temperature": Field(
+            _as_non_negative_float, 0.6, "sampling temperature (NVIDIA's upsampler: 0.6)"
+        ),
         "chunk_size": Field(
             _as_positive_int,
             64,
