@@ -57,7 +57,15 @@ def load_known_hosts(path: Path, into: paramiko.HostKeys | None = None) -> param
     keys = into if into is not None else paramiko.HostKeys()
     if not path.exists():
         return keys
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:  # a folder, no permission, …: no key can be checked against it
+        raise HostKeyError(
+            f"cannot read known_hosts {path}: {e.strerror or e}",
+            "set [remote] known_hosts to a readable file (OpenSSH's known_hosts format)",
+            code="known_hosts_read",
+        ) from None
+    for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith(("#", "@")):
             continue
@@ -82,6 +90,18 @@ def append_known_host(path: Path, name: str, key: paramiko.PKey) -> None:
             if f.read(1) != b"\n":
                 line = "\n" + line
         f.write(line.encode("ascii"))
+
+
+def record_known_host(path: Path, name: str, key: paramiko.PKey) -> None:
+    """`append_known_host`, with a failure to write turned into a one-line HostKeyError."""
+    try:
+        append_known_host(path, name, key)
+    except OSError as e:
+        raise HostKeyError(
+            f"cannot record the host key of {name} in {path}: {e.strerror or e}",
+            "check that file's permissions, or set [remote] known_hosts",
+            code="known_hosts_write",
+        ) from None
 
 
 def unknown_host_error(name: str, key: paramiko.PKey, known_hosts: Path) -> HostKeyError:
@@ -123,15 +143,7 @@ class KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
     def missing_host_key(self, client, hostname, key):
         if self.policy != ACCEPT_NEW:
             raise unknown_host_error(hostname, key, self.known_hosts)
-        try:
-            append_known_host(self.known_hosts, hostname, key)
-        except OSError as e:
-            raise HostKeyError(
-                f"cannot record the host key of {hostname} in {self.known_hosts}: "
-                f"{e.strerror or e}",
-                "check that file's permissions, or set [remote] known_hosts",
-                code="known_hosts_write",
-            ) from e
+        record_known_host(self.known_hosts, hostname, key)
         client.get_host_keys().add(hostname, key.get_name(), key)
 
 

@@ -107,6 +107,12 @@ def _ssh_config_entry(settings: HostSettings) -> dict:
 
 def check_key_file(path: Path) -> Path:
     """Refuse a missing key, and (like OpenSSH) one that group or others may read."""
+    if path.exists() and not path.is_file():
+        raise SSHError(
+            f"SSH key {path} is not a file",
+            "point [remote] ssh_key at your private key file (e.g. ~/.ssh/id_ed25519)",
+            code="ssh_key_invalid",
+        )
     if not path.is_file():
         raise SSHError(
             f"SSH key {path} does not exist",
@@ -123,6 +129,40 @@ def check_key_file(path: Path) -> Path:
     return path
 
 
+def unreadable_key_error(key_files: tuple[Path, ...]) -> SSHError | None:
+    """The error for the first key file that is no private key paramiko can read, or None.
+
+    A passphrase-protected key counts as readable: ssh-agent may hold it unlocked.
+    """
+    for path in key_files:
+        try:
+            paramiko.PKey.from_path(path)
+        except (paramiko.PasswordRequiredException, TypeError):
+            continue  # encrypted (cryptography says so with a TypeError when given no password)
+        except Exception:  # noqa: BLE001 - ValueError, UnknownKeyType, SSHException, OSError…
+            # The parser's own words (a cryptography FAQ link) say nothing more useful.
+            if path.suffix == ".pub" or _starts_with(path, b"ssh-"):
+                return SSHError(
+                    f"SSH key {path} is a public key",
+                    "point [remote] ssh_key at the private key, not the public one (.pub)",
+                    code="ssh_key_invalid",
+                )
+            return SSHError(
+                f"SSH key {path} is not a private key paramiko can read",
+                "point [remote] ssh_key at your private key, in OpenSSH or PEM format",
+                code="ssh_key_invalid",
+            )
+    return None
+
+
+def _starts_with(path: Path, prefix: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(prefix)) == prefix
+    except OSError:
+        return False
+
+
 def open_socket(host: ResolvedHost, timeout_s: float) -> socket.socket:
     """A TCP connection to the host, with one clear error per way it can fail."""
     where = f"{host.hostname}:{host.port}"
@@ -131,6 +171,12 @@ def open_socket(host: ResolvedHost, timeout_s: float) -> socket.socket:
     except socket.gaierror as e:
         raise SSHError(
             f"cannot resolve host {host.hostname!r} ({e.strerror})",
+            "check [remote] host, or the HostName in your ssh config",
+            code="dns",
+        ) from e
+    except UnicodeError as e:  # IDNA refuses the name (e.g. a label over 63 characters)
+        raise SSHError(
+            f"cannot resolve host {host.hostname!r}: not a valid host name",
             "check [remote] host, or the HostName in your ssh config",
             code="dns",
         ) from e

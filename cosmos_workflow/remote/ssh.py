@@ -30,7 +30,14 @@ from .base import (
     shell_script,
 )
 from .hostkeys import HostKeyInfo
-from .hostsettings import HostSettings, ResolvedHost, handshake_error, open_socket, resolve_host
+from .hostsettings import (
+    HostSettings,
+    ResolvedHost,
+    handshake_error,
+    open_socket,
+    resolve_host,
+    unreadable_key_error,
+)
 from .transfer import SFTPOperations
 
 __all__ = ["Connection", "HostKeyInfo", "HostSettings", "host_key_fingerprint", "trust_host"]
@@ -51,7 +58,7 @@ def trust_host(settings: HostSettings) -> HostKeyInfo:
     """
     host, key, known = _fetch_host_key(settings)
     if not known:
-        hostkeys.append_known_host(host.known_hosts, host.known_hosts_name, key)
+        hostkeys.record_known_host(host.known_hosts, host.known_hosts_name, key)
     return HostKeyInfo(host.known_hosts_name, key.get_name(), key.fingerprint, not known, known)
 
 
@@ -169,7 +176,11 @@ class Connection(SFTPOperations):
             ) from e
         except (paramiko.SSHException, OSError, EOFError) as e:
             client.close()
-            raise handshake_error(e, host, timeout_s, clock) from e
+            # paramiko reports a key file it cannot parse as a bare SSHException, which would
+            # read as a failed handshake ("is this the SSH port?"): name the key instead.
+            raise unreadable_key_error(host.key_files) or handshake_error(
+                e, host, timeout_s, clock
+            ) from e
         transport = client.get_transport()
         if self.settings.keepalive_s > 0:
             transport.set_keepalive(self.settings.keepalive_s)
