@@ -244,12 +244,13 @@ class ResolutionMixin:
                 item.error = _error_dict(probed)
                 continue
             item.video = probed
-            self._count(item, probed, resolution, budget)
+            self.count_tokens(item, probed, resolution, budget)
         return items
 
-    def _count(
+    def count_tokens(
         self, item: CheckItem, info: media.VideoInfo, resolution: Resolution, budget: Budget
     ) -> None:
+        """Fill `item` with the size `resolution` chooses for `info` and its exact tokens."""
         item.source_width, item.source_height = info.width, info.height
         text_tokens = tokens.text_tokens(item.spec.prompt)
         size = choose_size((info.width, info.height), text_tokens, resolution, budget)
@@ -263,6 +264,7 @@ class ResolutionMixin:
         item.verdict = tokens.verdict(
             count.prompt_tokens, budget.max_model_len, budget.output_tokens
         ).value
+        item.recommended_width = item.recommended_height = None
         if item.verdict != tokens.Verdict.FITS.value:
             best = choose_size((info.width, info.height), text_tokens, Resolution("auto"), budget)
             if best is not None:

@@ -198,10 +198,9 @@ class UpsampleMixin:
             resolution = Resolution("source")
         checked = self.check_specs(specs, resolution, budget)
         if max_resolution is None and not preprocess and self.config.upsampling.auto_resize:
-            retry = [c for c in checked if c.error is None and c.verdict != "fits"]
-            redo = self.check_specs([c.spec for c in retry], Resolution("auto"), budget)
-            by_spec = {id(c.spec): c for c in redo}
-            checked = [by_spec.get(id(c.spec), c) for c in checked]
+            for check in checked:
+                if check.error is None and check.verdict != "fits":
+                    self.count_tokens(check, check.video, Resolution("auto"), budget)
 
         items = []
         for check, name in zip(checked, names, strict=True):
