@@ -113,11 +113,17 @@ class World:
         values.update(extra)
         return {k: v for k, v in values.items() if v is not None}
 
-    def configure(self, remote=None, paths=None, checkpoint_dir=None, extra=None, **controls):
-        """config.toml: the sshd host, remote_dir = self.host, the stand-in engine."""
+    def configure(
+        self, remote=None, paths=None, checkpoint_dir=None, extra=None, env=None, **controls
+    ):
+        """config.toml: the sshd host, remote_dir = self.host, the stand-in engine.
+
+        `env` adds to [worker] env; `controls` are the stand-in engine's FAKE_VLLM_* knobs.
+        """
         worker = stand_in_worker(
             self.engine_log, checkpoint_dir or stand_in_checkpoint(self.host), **controls
         )
+        worker["env"].update(env or {})
         sections = {
             "remote": remote if remote is not None else self.remote(),
             "paths": {"remote_dir": str(self.host), **(paths or {})},
@@ -723,6 +729,90 @@ def _(w: World):
     )
 
 
+@case("connect_timeout_not_above_zero")
+def _(w: World):
+    w.configure(remote=w.remote(connect_timeout_s=-1.0))
+    return [w.spec("scene")], Expect(
+        2,
+        "config_bad_value",
+        f"{w.config}: [remote] connect_timeout_s = -1.0 is not valid; expected a number above 0",
+        "connect_timeout_s: seconds to wait for the SSH connection",
+    )
+
+
+@case("reconnect_attempts_negative")
+def _(w: World):
+    w.configure(remote=w.remote(reconnect_attempts=-1))
+    return [w.spec("scene")], Expect(
+        2,
+        "config_bad_value",
+        f"{w.config}: [remote] reconnect_attempts = -1 is not valid; expected an integer, 0 or "
+        "more",
+        "reconnect_attempts: reconnects (1, 2, 4 … s apart) when the connection drops while a "
+        "job runs",
+    )
+
+
+@case("host_smuggling_an_ssh_option")
+def _(w: World):
+    host = f"127.0.0.1 -oProxyCommand=touch {w.canary}"
+    w.configure(remote=w.remote(host=host))
+    return [w.spec("scene")], Expect(
+        2,
+        "config_bad_value",
+        f"{w.config}: [remote] host = {host!r} is not valid; expected a host name, address or "
+        "ssh config alias (no spaces or control characters)",
+        "host: host name, address or ~/.ssh/config alias of the GPU host",
+    )
+
+
+@case("host_name_with_a_label_over_63_characters")
+def _(w: World):
+    host = "gpu-" + "x" * 60 + ".example"  # refused by IDNA before any DNS lookup
+    w.configure(remote=w.remote(host=host))
+    return [w.spec("scene")], Expect(
+        4,
+        "dns",
+        f"cannot resolve host {host!r}: not a valid host name",
+        "check [remote] host, or the HostName in your ssh config",
+    )
+
+
+@case("worker_env_value_with_nul")
+def _(w: World):
+    w.configure(env={"HF_TOKEN": "abc\x00def"})
+    return [w.spec("scene")], Expect(
+        2,
+        "config_bad_value",
+        re.compile(
+            re.escape(f"{w.config}: [worker] env = {{")
+            + r".*"
+            + re.escape(
+                '} is not valid; expected a table like { NAME = "value" } of environment '
+                "variables (names of letters, digits and _, not starting with a digit; values "
+                "without NUL)"
+            )
+        ),
+        "env: extra environment variables for the worker, a TOML table",
+    )
+
+
+@case("worker_env_name_not_a_shell_name")
+def _(w: World):
+    w.configure(env={"1ST-TRY": "yes"})
+    return [w.spec("scene")], Expect(
+        2,
+        "config_bad_value",
+        re.compile(
+            re.escape(f"{w.config}: [worker] env = {{")
+            + r".*'1ST-TRY': 'yes'.*"
+            + re.escape('} is not valid; expected a table like { NAME = "value" }')
+            + r".*"
+        ),
+        "env: extra environment variables for the worker, a TOML table",
+    )
+
+
 @case("config_value_of_wrong_type")
 def _(w: World):
     w.configure(remote=w.remote(port="twenty-two"))
@@ -805,6 +895,80 @@ def _(w: World):
         "ssh_key_permissions",
         f"SSH key {key} has permissions 0644: others can read it, so it is refused",
         f"run: chmod 600 {key}",
+    )
+
+
+@case("ssh_key_is_a_folder")
+def _(w: World):
+    key = w.tmp / "keys"
+    key.mkdir()
+    w.configure(remote=w.remote(ssh_key=str(key)))
+    return [w.spec("scene")], Expect(
+        4,
+        "ssh_key_invalid",
+        f"SSH key {key} is not a file",
+        "point [remote] ssh_key at your private key file (e.g. ~/.ssh/id_ed25519)",
+    )
+
+
+@case("ssh_key_is_not_a_key")
+def _(w: World):
+    key = w.tmp / "id_garbage"
+    key.write_text("this is not a key\n")
+    key.chmod(0o600)
+    w.configure(remote=w.remote(ssh_key=str(key)))
+    return [w.spec("scene")], Expect(
+        4,
+        "ssh_key_invalid",
+        f"SSH key {key} is not a private key paramiko can read",
+        "point [remote] ssh_key at your private key, in OpenSSH or PEM format",
+        network=True,
+    )
+
+
+@case("ssh_key_is_the_public_key")
+def _(w: World):
+    key = w.tmp / "id_ed25519.pub"
+    shutil.copyfile(f"{w.sshd.key}.pub", key)
+    key.chmod(0o600)
+    w.configure(remote=w.remote(ssh_key=str(key)))
+    return [w.spec("scene")], Expect(
+        4,
+        "ssh_key_invalid",
+        f"SSH key {key} is a public key",
+        "point [remote] ssh_key at the private key, not the public one (.pub)",
+        network=True,
+    )
+
+
+@case("ssh_key_with_a_passphrase_and_no_agent")
+def _(w: World):
+    w.monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    key = w.tmp / "id_locked"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "correct horse", "-f", str(key)], check=True
+    )
+    w.configure(remote=w.remote(ssh_key=str(key)))
+    s = w.sshd
+    return [w.spec("scene")], Expect(
+        4,
+        "ssh_key_passphrase",
+        f"the SSH key for {s.user}@{s.host}:{s.port} is protected by a passphrase",
+        "load it into ssh-agent with `ssh-add <key>`",
+        network=True,
+    )
+
+
+@case("known_hosts_is_a_folder")
+def _(w: World):
+    known = w.tmp / "known_hosts.d"
+    known.mkdir()
+    w.configure(remote=w.remote(known_hosts=str(known)))
+    return [w.spec("scene")], Expect(
+        4,
+        "known_hosts_read",
+        f"cannot read known_hosts {known}: Is a directory",
+        "set [remote] known_hosts to a readable file (OpenSSH's known_hosts format)",
     )
 
 
