@@ -425,6 +425,30 @@ def _(w: World):
     )
 
 
+@case("same_spec_given_twice")
+def _(w: World):
+    spec = w.spec("scene")
+    return [spec, w.prompts], Expect(
+        2,
+        "duplicate_input",
+        f"{spec} is given twice (on its own, or also through its folder)",
+        "give each spec once",
+    )
+
+
+@case("spec_is_a_link_to_dev_zero")
+def _(w: World):
+    w.prompts.mkdir()
+    spec = w.prompts / "scene.json"
+    spec.symlink_to("/dev/zero")  # endless: reading it whole would never finish
+    return [spec], Expect(
+        2,
+        "bad_spec",
+        f"{spec}: is not a regular file (a device, pipe or socket)",
+        "give a spec .json file",
+    )
+
+
 @case("names_that_collide_once_made_safe")
 def _(w: World):
     first = w.spec("../scene", file_name="a.json")

@@ -49,6 +49,14 @@ def output_names(specs, *, out_dir: Path | None = None) -> list[str]:
         if key in first_by_key:
             other = specs[first_by_key[key]]
             spec = specs[index]
+            source = spec.path or spec.video
+            if source is not None and source == (other.path or other.video):
+                # "X and X would both be written as …" would leave the user puzzled.
+                raise SpecError(
+                    f"{source} is given twice (on its own, or also through its folder)",
+                    "give each spec once",
+                    code="duplicate_input",
+                )
             raise SpecError(
                 f"{spec.path or spec.video} and {other.path or other.video} would both be "
                 f"written as {name}",
