@@ -1267,8 +1267,8 @@ def read_only():
     def make(folder: Path) -> None:
         folder.chmod(0o555)
         made.append(folder)
-        if os.geteuid() == 0:
-            subprocess.run(["chattr", "+i", str(folder)], check=True, capture_output=True)
+        if os.geteuid() == 0:  # root ignores modes; an immutable folder stops it (ext4, xfs…)
+            subprocess.run(["chattr", "+i", str(folder)], capture_output=True)
         probe = folder / ".probe"
         try:
             probe.touch()
