@@ -256,14 +256,11 @@ class Expect:
 
 
 CASES: dict[str, Callable[[World], tuple[list, Expect]]] = {}
-XFAIL: dict[str, str] = {}
 
 
-def case(name: str, *, xfail: str | None = None):
+def case(name: str):
     def register(build):
         CASES[name] = build
-        if xfail:
-            XFAIL[name] = xfail
         return build
 
     return register
@@ -1201,7 +1198,9 @@ def _(w: World):
                 "VLLMValidationError: This model's maximum context length is 4096 tokens. "
                 f"However, your prompt contains {engine_count} input tokens. Please reduce the "
                 "length of the input prompt.",
-                "check this item with `cosmos check --resolution auto`",
+                "the engine refused what the local count accepted: try a smaller "
+                "--max-resolution or a shorter prompt, and check [upsampling] max_tokens "
+                "matches the engine",
             )
         },
         ok_items=("good",),
@@ -1289,10 +1288,7 @@ def read_only():
 
 def _params():
     for name in CASES:
-        marks = []
-        if name in XFAIL:
-            marks.append(pytest.mark.xfail(strict=True, reason=XFAIL[name]))
-        yield pytest.param(name, id=name, marks=marks)
+        yield pytest.param(name, id=name)
 
 
 def _record_of(result) -> dict:
@@ -1533,11 +1529,6 @@ def test_no_key_material_in_json_logs_or_run_records(world):
 # --- what the terminal shows: text is printed as text ------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli/output.py: the rich Consoles expand :emoji: codes, so a path holding ':cat:' is "
-    "printed with a cat in it; create them with emoji=False",
-)
 def test_error_line_prints_a_path_verbatim_even_when_it_holds_an_emoji_code(world):
     folder = world.work / "shots:cat:2"
     folder.mkdir()
@@ -1553,11 +1544,6 @@ def test_error_line_prints_a_path_verbatim_even_when_it_holds_an_emoji_code(worl
     assert hint == "fix the JSON syntax (a missing comma or quote is the usual cause)"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli/upsample.py render_record: load errors are printed with markup=True unescaped "
-    "(a file named 'x[bold].json' shows as 'x.json') and without their hint",
-)
 def test_load_error_of_a_file_named_like_markup_is_printed_verbatim_with_its_hint(world):
     notes = make_not_a_video(world.work / "notes.mp4")
     world.spec("scene", input_video_path=str(notes))  # fails locally: no network
@@ -1575,11 +1561,6 @@ def test_load_error_of_a_file_named_like_markup_is_printed_verbatim_with_its_hin
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli/upsample.py render_record and cli/check.py render_items put spec names and "
-    "messages into rich markup unescaped: a name holding '[/]' is a MarkupError, exit 70",
-)
 @pytest.mark.parametrize("command", ["upsample", "check"])
 def test_spec_name_that_looks_like_markup_is_shown_verbatim_not_a_crash(world, command):
     notes = make_not_a_video(world.work / "notes.mp4")

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..workflows.resolution import CheckItem, Resolution
 from .common import orchestrator
-from .output import err, handle_errors, out, print_json
+from .output import handle_errors, out, print_error_line, print_json, styled
 
 VERDICT_STYLE = {"fits": "green", "output_cut": "yellow", "too_long": "red", "error": "red"}
 
@@ -37,15 +37,13 @@ def render_items(items: list[CheckItem], title: str) -> None:
             _n(item.text_tokens),
             _n(item.prompt_tokens),
             _n(item.room_for_output),
-            f"[{style}]{item.verdict}[/]",
+            styled(item.verdict, style),
             size(item.recommended_width, item.recommended_height) if item.verdict != "fits" else "",
         )
     out.print(table)
     for item in items:
         if item.error:
-            err.print(f"[red]{item.name}:[/] {item.error['message']}", markup=True)
-            if item.error.get("hint"):
-                err.print(f"  hint: {item.error['hint']}")
+            print_error_line(item.name, item.error["message"], item.error.get("hint"))
 
 
 def _n(value) -> str:
@@ -99,5 +97,5 @@ def check(
     else:
         render_items(report.items, f"token check (resolution: {resolution})")
         for error in report.load_errors:
-            err.print(f"[red]error:[/] {error.message}", markup=True)
+            print_error_line("error", error.message, error.hint)
     raise typer.Exit(report.exit_code)

@@ -11,14 +11,30 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from ..errors import CosmosError
 
 # Data (tables, JSON) goes to stdout; progress, warnings and errors to stderr. When stdout is not
 # a terminal (a pipe, a file, CI logs) tables get room instead of rich's 80-column default.
+# Markup and emoji codes are off: names, paths and prompts are data (`x[/].json`, `:cat:`);
+# styled text is built explicitly as rich Text.
 _WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
-out = Console(soft_wrap=True, highlight=False, width=_WIDTH)
-err = Console(stderr=True, soft_wrap=True, highlight=False, width=_WIDTH)
+_PLAIN = {"soft_wrap": True, "highlight": False, "markup": False, "emoji": False}
+out = Console(width=_WIDTH, **_PLAIN)
+err = Console(stderr=True, width=_WIDTH, **_PLAIN)
+
+
+def styled(text: str, style: str) -> Text:
+    """A table cell or line in a style, its text taken literally."""
+    return Text(str(text), style=style)
+
+
+def print_error_line(label: str, message: str, hint: str | None = None) -> None:
+    """`label: message` (in red) and an optional `hint: …` line, on stderr, literally."""
+    err.print(Text.assemble((f"{label}: ", "red"), _one_line(message)))
+    if hint:
+        err.print(Text.assemble(("hint: ", "yellow"), _one_line(hint)))
 
 
 def print_json(data: Any) -> None:
@@ -33,16 +49,14 @@ def fail(error: CosmosError, *, as_json: bool = False, exit_code: int | None = N
         sys.stdout.write(json.dumps({"error": error.to_dict()}, ensure_ascii=False) + "\n")
         sys.stdout.flush()
     else:
-        err.print(f"[bold red]error:[/] {_one_line(error.message)}", markup=True)
+        err.print(Text.assemble(("error: ", "bold red"), _one_line(error.message)))
         if error.hint:
-            err.print(f"[yellow]hint:[/] {_one_line(error.hint)}", markup=True)
+            err.print(Text.assemble(("hint: ", "yellow"), _one_line(error.hint)))
     raise typer.Exit(error.exit_code if exit_code is None else exit_code)
 
 
 def _one_line(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(" ".join(str(text).split()))
+    return " ".join(str(text).split())
 
 
 def debug_enabled() -> bool:

@@ -11,12 +11,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .common import orchestrator
-from .output import err, handle_errors, out, print_json
+from .output import err, handle_errors, out, print_error_line, print_json, styled
 
 
 def render_record(record) -> None:
     data = record.to_dict()
-    title = "dry run: nothing sent" if record.dry_run else f"job {record.job_id}"
+    if record.dry_run:
+        title = "dry run: nothing sent"
+    elif record.job_id:
+        title = f"job {record.job_id}"
+    else:
+        title = "nothing sent: no item could be prepared"
     table = Table(title=title)
     for column in ("item", "status", "frames", "prompt tokens", "output", "detail"):
         table.add_column(column)
@@ -31,7 +36,7 @@ def render_record(record) -> None:
         style = {"ok": "green", "failed": "red", "skipped": "yellow"}.get(item["status"], "")
         table.add_row(
             item["name"],
-            f"[{style}]{item['status']}[/]" if style else item["status"],
+            styled(item["status"], style),
             frames,
             "-" if tokens is None else f"{tokens:,}",
             item["output"] or "-",
@@ -39,7 +44,7 @@ def render_record(record) -> None:
         )
     out.print(table)
     for error in data["load_errors"]:
-        err.print(f"[red]error:[/] {error['message']}", markup=True)
+        print_error_line("error", error["message"], error.get("hint"))
     if record.dry_run:
         err.print(f"would send up to {record.bytes_to_send:,} bytes of frames")
         if record.remote_command:
@@ -58,10 +63,10 @@ class _Reporter:
     def __init__(self) -> None:
         self.live = err.is_terminal
         self.progress = Progress(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[failed]} failed"),
+            TextColumn("{task.fields[failed]} failed", markup=False),
             TimeElapsedColumn(),
             console=err,
             transient=True,

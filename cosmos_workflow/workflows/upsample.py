@@ -385,7 +385,9 @@ class UpsampleMixin:
                     {
                         "code": "engine_rejected",
                         "message": f"{engine_error.get('type')}: {engine_error.get('message')}",
-                        "hint": "check this item with `cosmos check --resolution auto`",
+                        "hint": "the engine refused what the local count accepted: try a smaller "
+                        "--max-resolution or a shorter prompt, and check [upsampling] max_tokens "
+                        "matches the engine",
                     }
                 )
                 continue
