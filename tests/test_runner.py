@@ -76,3 +76,29 @@ def test_hostile_values_stay_data_in_a_real_shell(tmp_path: Path):
     echoed = json.loads(result.stdout)
     assert echoed == {"argv": ["run", hostile], "env": hostile}
     assert not canary.exists()
+
+
+def test_docker_mounts_checkpoints_outside_the_checkout_read_only():
+    settings = RunnerSettings(
+        kind="docker", remote_dir="/data/ct1", checkpoint_dir="/mnt/models/checkpoints"
+    )
+    command = worker_command(settings, "j")
+    assert "-v /mnt/models/checkpoints:/checkpoints:ro" in command
+    assert settings.container_path("/mnt/models/checkpoints") == "/checkpoints"
+    inside = RunnerSettings(kind="docker", remote_dir="/data/ct1", checkpoint_dir="/data/ct1/ck")
+    assert ":/checkpoints" not in worker_command(inside, "j")
+    assert inside.container_path("/data/ct1/ck") == "/workspace/ck"
+
+
+def test_worker_gets_the_checkpoint_path_as_the_container_sees_it(workdir):
+    from cosmos_workflow.config import load_config
+    from cosmos_workflow.workflows import WorkflowOrchestrator
+
+    def checkpoint_dir(**overrides):
+        config = load_config(overrides={"paths.remote_dir": "/data/ct1", **overrides})
+        orchestrator = WorkflowOrchestrator(config)
+        return orchestrator.engine_settings(orchestrator.budget()).checkpoint_dir
+
+    assert checkpoint_dir() == "/workspace/checkpoints"  # docker, default <remote_dir>/checkpoints
+    assert checkpoint_dir(**{"worker.checkpoint_dir": "/mnt/ck"}) == "/checkpoints"
+    assert checkpoint_dir(**{"worker.runner": "direct"}) == "/data/ct1/checkpoints"

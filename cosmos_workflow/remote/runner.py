@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 CONTAINER_WORKSPACE = "/workspace"
 CONTAINER_HF_CACHE = "/root/.cache/huggingface"
+CONTAINER_CHECKPOINTS = "/checkpoints"
 
 
 @dataclass(frozen=True)
@@ -27,12 +28,28 @@ class RunnerSettings:
     shm_size: str = "8g"
     hf_cache: str = "~/.cache/huggingface"
     cuda_visible_devices: str = ""
+    checkpoint_dir: str = ""  # host path; mounted separately when outside remote_dir
     env: dict[str, str] = field(default_factory=dict)
 
     @property
     def root(self) -> str:
         """Our folder on the host: worker, cache and jobs."""
         return posixpath.join(self.remote_dir.rstrip("/") or "/", "cosmos_workflow")
+
+    def container_path(self, host_path: str) -> str:
+        """Where a host path appears inside the container (docker runner)."""
+        base = self.remote_dir.rstrip("/")
+        if host_path == base or host_path.startswith(base + "/"):
+            return CONTAINER_WORKSPACE + host_path[len(base) :]
+        if self.checkpoint_dir and host_path.startswith(self.checkpoint_dir.rstrip("/")):
+            return CONTAINER_CHECKPOINTS + host_path[len(self.checkpoint_dir.rstrip("/")) :]
+        return host_path
+
+    def mounts_checkpoints(self) -> bool:
+        """True when the checkpoints live outside remote_dir and need their own mount."""
+        return bool(self.checkpoint_dir) and self.container_path(self.checkpoint_dir).startswith(
+            CONTAINER_CHECKPOINTS
+        )
 
 
 def _host_path(path: str) -> str:
@@ -106,6 +123,8 @@ def _docker_command(settings: RunnerSettings, job_id: str, args: tuple[str, ...]
         "-w",
         CONTAINER_WORKSPACE,
     ]
+    if settings.mounts_checkpoints():
+        words += ["-v", f"{settings.checkpoint_dir}:{CONTAINER_CHECKPOINTS}:ro"]
     for name, value in _worker_env(settings).items():
         words += ["-e", f"{name}={value}"]
     head = shlex.join(words)

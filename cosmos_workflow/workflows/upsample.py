@@ -77,15 +77,16 @@ class UpsampleMixin:
             shm_size=c.docker.shm_size,
             hf_cache=c.docker.hf_cache,
             cuda_visible_devices=c.worker.cuda_visible_devices,
+            checkpoint_dir=c.checkpoint_dir(),
             env=dict(c.worker.env),
         )
 
     def engine_settings(self, budget: Budget, num_gpu: int | None = None) -> EngineSettings:
         c = self.config
         checkpoint_dir = c.checkpoint_dir()
-        if c.worker.runner == "docker" and checkpoint_dir.startswith(c.paths.remote_dir):
-            # Inside the container the checkout is mounted at /workspace.
-            checkpoint_dir = runners.CONTAINER_WORKSPACE + checkpoint_dir[len(c.paths.remote_dir) :]
+        if c.worker.runner == "docker":
+            # The worker sees the checkout at /workspace (and other checkpoints at /checkpoints).
+            checkpoint_dir = self.runner_settings().container_path(checkpoint_dir)
         return EngineSettings(
             max_model_len=budget.max_model_len,
             max_tokens=budget.output_tokens,
