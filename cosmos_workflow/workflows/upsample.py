@@ -262,7 +262,6 @@ class UpsampleMixin:
         frames = {}
         for item in staged:
             frames.update(zip(item.frame_sha256, item.frame_files, strict=True))
-        on_event("job", job_id=record.job_id)
         with self.connect() as conn:
             failure = None
             if launch:
@@ -281,6 +280,7 @@ class UpsampleMixin:
                 )
                 record.timings_s["ship"] = round(time.monotonic() - t0, 3)
                 t0 = time.monotonic()
+                on_event("job", job_id=record.job_id)  # from here on, the job is on the host
                 on_event("stage", message="running the worker")
                 on_event("progress", done=0, failed=0, total=len(staged))
                 failure = self._follow(conn, record, job_dir, on_event)
