@@ -71,7 +71,9 @@ def check(
     resolution: Annotated[
         str, typer.Option(help='"source", "auto", a height like 480, or WxH (kept in aspect).')
     ] = "source",
-    recursive: Annotated[bool, typer.Option(help="Descend into sub-folders.")] = False,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", help="Descend into sub-folders.")
+    ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Count each input's exact prompt tokens and say whether it fits.

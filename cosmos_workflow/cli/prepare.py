@@ -25,10 +25,14 @@ def prepare(
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Output folder (default: hint_video_dir).")
     ] = None,
-    preview: Annotated[bool, typer.Option(help="Also write a labelled contact sheet.")] = False,
+    preview: Annotated[
+        bool, typer.Option("--preview", help="Also write a labelled contact sheet.")
+    ] = False,
     frames: Annotated[int | None, typer.Option(min=1, help="Frames per item.")] = None,
     prompt: Annotated[str | None, typer.Option(help="Prompt to count.")] = None,
-    recursive: Annotated[bool, typer.Option(help="Descend into sub-folders.")] = False,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", help="Descend into sub-folders.")
+    ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Write each item's model frames (PNG) and hint video (H.264) at the chosen size.

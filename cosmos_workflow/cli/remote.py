@@ -145,12 +145,14 @@ def results(
     max_resolution: Annotated[
         str | None, typer.Option(help="As given to `cosmos upsample`.")
     ] = None,
-    preprocess_videos: Annotated[bool, typer.Option(help="As given to `cosmos upsample`.")] = False,
+    preprocess_videos: Annotated[
+        bool, typer.Option("--preprocess-videos", help="As given to `cosmos upsample`.")
+    ] = False,
     num_frames: Annotated[int | None, typer.Option(min=1, help="As given.")] = None,
     num_gpu: Annotated[int | None, typer.Option(min=1, help="As given.")] = None,
     save_dir: Annotated[Path | None, typer.Option(help="Where the specs go.")] = None,
-    recursive: Annotated[bool, typer.Option(help="As given.")] = False,
-    force: Annotated[bool, typer.Option(help="As given.")] = False,
+    recursive: Annotated[bool, typer.Option("--recursive", help="As given.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="As given.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the run record.")] = False,
 ) -> None:
     """Download a job's results and write the upsampled specs, without running anything.

@@ -136,7 +136,10 @@ def upsample(
     inputs: Annotated[list[Path], typer.Argument(help="Spec .json files or folders of specs.")],
     preprocess_videos: Annotated[
         bool,
-        typer.Option(help="Resize clips to safe_resolution (or --max-resolution) first."),
+        typer.Option(
+            "--preprocess-videos",
+            help="Resize clips to safe_resolution (or --max-resolution) first.",
+        ),
     ] = False,
     max_resolution: Annotated[
         str | None,
@@ -152,11 +155,20 @@ def upsample(
         Path | None,
         typer.Option(help="Where upsampled specs go (default: local_outputs_dir)."),
     ] = None,
-    dry_run: Annotated[bool, typer.Option(help="Show the plan; send nothing.")] = False,
-    force: Annotated[bool, typer.Option(help="Upsample specs already upsampled too.")] = False,
-    recursive: Annotated[bool, typer.Option(help="Descend into sub-folders.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the plan; send nothing.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Upsample specs already upsampled too.")
+    ] = False,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", help="Descend into sub-folders.")
+    ] = False,
     cancel_on_interrupt: Annotated[
-        bool, typer.Option(help="On Ctrl+C, cancel the job on the host without asking.")
+        bool,
+        typer.Option(
+            "--cancel-on-interrupt", help="On Ctrl+C, cancel the job on the host without asking."
+        ),
     ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the run record.")] = False,
 ) -> None:
