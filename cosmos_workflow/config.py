@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .tokens import parse_size
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -37,7 +38,6 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 APP_NAME = "cosmos-workflow"
 ENV_PREFIX = "COSMOS_"
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*[x×X]\s*(\d+)\s*$")
 # What a POSIX shell accepts as a variable name (the worker's environment is set through one).
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -144,11 +144,11 @@ def _as_path(value: Any) -> str:
 
 
 def _as_size(value: Any) -> str:
-    text = _as_str(value)
-    match = _SIZE_RE.match(text)
-    if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
-        raise ValueError('a frame size like "320x180"')
-    return f"{int(match.group(1))}x{int(match.group(2))}"
+    try:
+        width, height = parse_size(_as_str(value))
+    except ValueError:
+        raise ValueError('a frame size like "320x180"') from None
+    return f"{width}x{height}"
 
 
 def _as_env(value: Any) -> dict:
@@ -183,13 +183,6 @@ def _choice(*options: str) -> Callable[[Any], str]:
 
     parse.__name__ = "choice"
     return parse
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """`"320x180"` → `(320, 180)`; raises ValueError with what is expected."""
-    normalized = _as_size(text)
-    width, height = normalized.split("x")
-    return int(width), int(height)
 
 
 # --- the schema ------------------------------------------------------------------------------

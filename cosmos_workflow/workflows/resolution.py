@@ -5,15 +5,12 @@ Everything here runs on the user's machine, without a GPU and without network tr
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import media, tokens
 from ..errors import CosmosError, MediaError, SpecError
 from ..specs import PromptSpec, load_spec, load_specs, safe_file_stem, spec_for_video
-
-_BOX_RE = re.compile(r"^\s*(\d+)\s*[x×X]\s*(\d+)\s*$")
 
 
 @dataclass(frozen=True)
@@ -37,9 +34,12 @@ class Resolution:
             return cls(value)
         if value.isdigit() and int(value) >= 2:
             return cls("height", height=int(value))
-        match = _BOX_RE.match(value)
-        if match and int(match.group(1)) >= 2 and int(match.group(2)) >= 2:
-            return cls("box", int(match.group(1)), int(match.group(2)))
+        try:
+            width, height = tokens.parse_size(value)
+        except ValueError:
+            width = height = 0
+        if width >= 2 and height >= 2:
+            return cls("box", width, height)
         raise SpecError(
             f"resolution {text!r} is not understood",
             'use "source", "auto", a height like "480", or a size like "320x180"',
