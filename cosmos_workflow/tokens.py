@@ -204,7 +204,8 @@ def verdict(prompt_tokens: int, max_model_len: int, output_tokens: int) -> Verdi
     return Verdict.TOO_LONG
 
 
-def _even(x: float) -> int:
+def even(x: float) -> int:
+    """`x` rounded to the nearest even number, at least 2 (frame sides the solver proposes)."""
     return max(2, 2 * round(x / 2))
 
 
@@ -239,7 +240,7 @@ def largest_fitting_size(
     # Scanning every height (at most 512) finds the largest that fits without assuming that
     # tokens grow with height; each step is a few integer operations.
     for height in range(height_cap - height_cap % 2, 1, -2):
-        width = _even(height * aspect)
+        width = even(height * aspect)
         if width > width_cap:
             continue
         prompt = frames * image_tokens_per_frame(width, height) + text_tokens

@@ -63,14 +63,10 @@ class Budget:
     frames: int
 
 
-def _even(x: float) -> int:
-    return max(2, 2 * round(x / 2))
-
-
 def fit_in_box(width: int, height: int, box_width: int, box_height: int) -> tuple[int, int]:
     """Largest even size with the clip's aspect ratio inside the box (never upscaled)."""
     scale = min(box_width / width, box_height / height, 1.0)
-    return _even(width * scale), _even(height * scale)
+    return tokens.even(width * scale), tokens.even(height * scale)
 
 
 def choose_size(
