@@ -300,3 +300,12 @@ def test_worker_dying_mid_batch_keeps_finished_items_and_rerun_resumes(setup, wo
     assert record_of(second)["job_id"] == record["job_id"]
     generated = [e["prompt"] for e in engine_events(setup.engine_log)]
     assert sorted(generated) == sorted({i["original_prompt"] for i in record["items"]})
+
+
+def test_missing_host_fails_before_any_frame_is_extracted(setup, workdir, isolated_user_state):
+    setup(remote={"transport": "ssh", "host": ""})
+    prompts = seed_specs(workdir / "prompts", names=("office_handover",))
+    result = upsample(prompts, "--save-dir", workdir / "o", "--json")
+    assert result.exit_code == 2
+    assert json.loads(result.stdout)["error"]["code"] == "no_host"
+    assert not (isolated_user_state / "cache" / "frames").exists()

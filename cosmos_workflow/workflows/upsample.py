@@ -149,6 +149,8 @@ class UpsampleMixin:
         record.load_errors = [_error(e) for e in load_errors]
         if not dry_run:
             _check_writable(save_dir)
+            if self.config.remote.transport == "ssh":
+                self.host_settings()  # "no host configured" before any extraction
         on_event("stage", message=f"planned {len(items)} item(s)")
         self._stage(items, budget)
         record.timings_s["plan_and_stage"] = round(time.monotonic() - started, 3)
