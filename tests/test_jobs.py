@@ -286,3 +286,15 @@ def test_interrupted_upload_leaves_no_corrupt_cache_entry_and_rerun_is_right(
     assert {p.stem for p in cache.glob("*.png")} >= set(
         e["image_sha256"][0] for e in engine_events(job_env["log"])
     )
+
+
+def test_logs_follow_streams_until_the_worker_ends(job_env):
+    proc = start_cli(job_env)
+    job = wait_for_results(job_env, 1)
+    assert worker_alive(job)
+    logs = runner.invoke(app, ["remote", "logs", job.name, "--follow"])
+    assert logs.exit_code == 0, logs.output
+    assert "job done: 6 ok, 0 failed" in logs.stdout  # the last line, written as it ended
+    assert not worker_alive(job)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 0
