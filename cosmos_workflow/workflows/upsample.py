@@ -7,10 +7,8 @@ operations that does not grow with the batch (see `RunRecord.ops`).
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
-import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -18,20 +16,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .. import tokens
-from ..errors import CosmosError, MediaError, SpecError, SSHError, WorkerError
+from ..errors import CosmosError, MediaError, SpecError
 from ..fsutil import atomic_write_json
 from ..remote import jobctl
 from ..remote import runner as runners
-from ..remote.base import ShellCommand
 from ..remote.transfer import upload_to_cache
 from ..specs import output_names, upsampled_spec, write_spec
+from .follow import follow_worker
 from .jobs import (
     EngineSettings,
     PlannedItem,
     RunRecord,
     batch_json,
     job_id_for,
-    parse_progress,
     parse_results,
 )
 from .resolution import Budget, CheckItem, Resolution
@@ -42,15 +39,6 @@ MODEL_NAME = "nvidia/Cosmos-UpsamplePrompt1-12B-Transfer"
 Events = Callable[..., None]
 # Concurrent ffmpeg extractions while staging a batch.
 STAGE_WORKERS = 4
-
-# SSH failures worth a reconnect: the network, not the settings (host keys, auth, paths).
-RETRIABLE = {
-    "connection_lost",
-    "connection_refused",
-    "connect_timeout",
-    "host_unreachable",
-    "ssh_handshake",
-}
 
 
 def _quiet(kind: str, **data) -> None:
@@ -285,7 +273,14 @@ class UpsampleMixin:
                 on_event("job", job_id=record.job_id)  # from here on, the job is on the host
                 on_event("stage", message="running the worker")
                 on_event("progress", done=0, failed=0, total=len(staged))
-                failure = self._follow(conn, record, job_dir, on_event)
+                failure = follow_worker(
+                    conn,
+                    job_dir,
+                    record.remote_command,
+                    record.job_id,
+                    attempts=self.config.remote.reconnect_attempts,
+                    on_event=on_event,
+                )
                 record.timings_s["run"] = round(time.monotonic() - t0, 3)
             t0 = time.monotonic()
             results_path = posixpath.join(job_dir, "results.jsonl")
@@ -301,65 +296,6 @@ class UpsampleMixin:
                 if item.id not in results:
                     item.fail(_error(failure))
         return results
-
-    def _follow(self, conn, record, job_dir: str, on_event) -> WorkerError | None:
-        """Start or reattach to the worker and stream its output until it ends.
-
-        A dropped connection is retried with exponential backoff (`[remote] reconnect_attempts`
-        times), resuming the stream where it stopped; the worker keeps running meanwhile.
-        Returns the worker's failure, if it failed.
-        """
-        seen = 0
-        exit_text = None
-
-        def on_stdout(line: str) -> None:
-            nonlocal seen, exit_text
-            if line.startswith(jobctl.EXIT_PREFIX):
-                exit_text = line[len(jobctl.EXIT_PREFIX) :].strip()
-                return
-            seen += 1
-            progress = parse_progress(line)
-            if progress is not None:
-                on_event("progress", **progress)
-                return
-            on_event("log", line=line)
-
-        attempts = self.config.remote.reconnect_attempts
-        for attempt in range(attempts + 1):
-            command = jobctl.launch_and_follow(job_dir, record.remote_command, skip_lines=seen)
-            try:
-                conn.run(ShellCommand(command), check=False, on_stdout=on_stdout)
-                break
-            except SSHError as exc:
-                if exc.code not in RETRIABLE or attempt == attempts:
-                    raise SSHError(
-                        f"{exc.message} (after {attempt + 1} attempt(s)); "
-                        f"job {record.job_id} keeps running on the host",
-                        "rerun the same command to reattach, or `cosmos remote status "
-                        f"{record.job_id}`",
-                        code=exc.code,
-                    ) from None
-                delay_s = min(2**attempt, 30)
-                on_event(
-                    "stage",
-                    message=f"connection lost; reconnecting in {delay_s} s "
-                    f"(attempt {attempt + 1} of {attempts})",
-                )
-                time.sleep(delay_s)
-        if exit_text == "0":
-            return None
-        if exit_text == "cancelled":
-            return WorkerError(
-                f"job {record.job_id} was cancelled",
-                "rerun the same command to resume: finished items are kept",
-                code="cancelled",
-            )
-        return WorkerError(
-            _worker_failure(exit_text, _status_error(conn, job_dir)),
-            f"see {posixpath.join(job_dir, 'worker.log')} on the host; rerun the same "
-            "command to resume (finished items are kept); `cosmos remote check` tells "
-            "whether the host is ready",
-        )
 
     def _collect(self, record, staged, results, save_dir: Path, *, finished=True) -> None:
         for item in staged:
@@ -398,28 +334,6 @@ class UpsampleMixin:
             data = upsampled_spec(item.spec, item.upsampled_prompt, out_dir=save_dir)
             item.output = str(write_spec(save_dir / item.output_name, data))
             item.status = "ok"
-
-
-def _status_error(conn, job_dir: str) -> str | None:
-    """The worker's own one-line reason for failing, from its status.json (if it wrote one)."""
-    try:
-        status = json.loads(conn.read_bytes(posixpath.join(job_dir, "status.json")))
-    except (CosmosError, ValueError):
-        return None
-    error = status.get("error") if isinstance(status, dict) else None
-    return " ".join(str(error).split()) if error else None
-
-
-def _worker_failure(exit_text: str | None, reason: str | None) -> str:
-    """One line: how the worker ended, and why when it said so."""
-    if exit_text is None or not exit_text.isdigit():
-        message = "the worker stopped without an exit status (killed, or the host rebooted)"
-    elif int(exit_text) > 128 and int(exit_text) - 128 in signal.Signals._value2member_map_:
-        name = signal.Signals(int(exit_text) - 128).name
-        message = f"the worker was killed by {name} (exit code {exit_text})"
-    else:
-        message = f"the worker exited with code {exit_text}"
-    return f"{message}: {reason}" if reason else message
 
 
 def _budget_error(check: CheckItem) -> dict:

@@ -1,0 +1,112 @@
+"""Following a detached worker: start or reattach, stream, reconnect, say how it ended."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import signal
+import time
+from collections.abc import Callable
+
+from ..errors import CosmosError, SSHError, WorkerError
+from ..remote import jobctl
+from ..remote.base import ShellCommand
+from .jobs import parse_progress
+
+# SSH failures worth a reconnect: the network, not the settings (host keys, auth, paths).
+RETRIABLE = {
+    "connection_lost",
+    "connection_refused",
+    "connect_timeout",
+    "host_unreachable",
+    "ssh_handshake",
+}
+
+
+def follow_worker(
+    conn,
+    job_dir: str,
+    worker_command: str,
+    job_id: str,
+    *,
+    attempts: int,
+    on_event: Callable[..., None],
+) -> WorkerError | None:
+    """Start the worker (or reattach to it) and stream its output until it ends.
+
+    A dropped connection is retried `attempts` times with exponential backoff (1, 2, 4 … s, at
+    most 30), resuming the stream where it stopped; the worker keeps running meanwhile.
+    Progress lines become `on_event("progress", …)`, others `on_event("log", line=…)`.
+    Returns the worker's failure, or None when it exited 0.
+    """
+    seen = 0
+    exit_text = None
+
+    def on_stdout(line: str) -> None:
+        nonlocal seen, exit_text
+        if line.startswith(jobctl.EXIT_PREFIX):
+            exit_text = line[len(jobctl.EXIT_PREFIX) :].strip()
+            return
+        seen += 1
+        progress = parse_progress(line)
+        if progress is not None:
+            on_event("progress", **progress)
+        else:
+            on_event("log", line=line)
+
+    for attempt in range(attempts + 1):
+        command = jobctl.launch_and_follow(job_dir, worker_command, skip_lines=seen)
+        try:
+            conn.run(ShellCommand(command), check=False, on_stdout=on_stdout)
+            break
+        except SSHError as exc:
+            if exc.code not in RETRIABLE or attempt == attempts:
+                raise SSHError(
+                    f"{exc.message} (after {attempt + 1} attempt(s)); "
+                    f"job {job_id} keeps running on the host",
+                    f"rerun the same command to reattach, or `cosmos remote status {job_id}`",
+                    code=exc.code,
+                ) from None
+            delay_s = min(2**attempt, 30)
+            on_event(
+                "stage",
+                message=f"connection lost; reconnecting in {delay_s} s "
+                f"(attempt {attempt + 1} of {attempts})",
+            )
+            time.sleep(delay_s)
+    if exit_text == "0":
+        return None
+    if exit_text == "cancelled":
+        return WorkerError(
+            f"job {job_id} was cancelled",
+            "rerun the same command to resume: finished items are kept",
+            code="cancelled",
+        )
+    return WorkerError(
+        _worker_failure(exit_text, _status_error(conn, job_dir)),
+        f"see {posixpath.join(job_dir, 'worker.log')} on the host; rerun the same "
+        "command to resume (finished items are kept); `cosmos remote check` tells "
+        "whether the host is ready",
+    )
+
+
+def _status_error(conn, job_dir: str) -> str | None:
+    """The worker's own one-line reason for failing, from its status.json (if it wrote one)."""
+    try:
+        status = json.loads(conn.read_bytes(posixpath.join(job_dir, "status.json")))
+    except (CosmosError, ValueError):
+        return None
+    error = status.get("error") if isinstance(status, dict) else None
+    return " ".join(str(error).split()) if error else None
+
+
+def _worker_failure(exit_text: str | None, reason: str | None) -> str:
+    """One line: how the worker ended, and why when it said so."""
+    if exit_text is None or not exit_text.isdigit():
+        message = "the worker stopped without an exit status (killed, or the host rebooted)"
+    elif int(exit_text) > 128 and int(exit_text) - 128 in signal.Signals._value2member_map_:
+        name = signal.Signals(int(exit_text) - 128).name
+        message = f"the worker was killed by {name} (exit code {exit_text})"
+    else:
+        message = f"the worker exited with code {exit_text}"
+    return f"{message}: {reason}" if reason else message
