@@ -12,6 +12,24 @@ from pathlib import Path
 _CHUNK = 1 << 20
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import (before any thread exists): os.umask can only be read by setting it.
+_UMASK = _read_umask()
+
+
+def set_default_mode(path: str | os.PathLike) -> None:
+    """Give a finished temporary file the mode a plain `open(path, "w")` would have.
+
+    mkstemp creates files 0600; outputs are meant to be shared like any other file.
+    """
+    os.chmod(path, 0o666 & ~_UMASK)
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()
@@ -35,6 +53,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        set_default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -7,7 +7,9 @@ Cases (--only takes a name or its letter; a letter selects every case of that le
 
   a  extract-robot     first 2 frames → 320×180 of the 1280×704 robot clip, cold cache, vs a
                        full-clip `ffmpeg -i clip -vf scale=320:180 out.mp4`; and the cache hit
+  a  extract-robot-static  the same, both sides with a static ffmpeg build (imageio-ffmpeg's)
   a  extract-1080p     the same on a 10 s 1920×1080 30 fps libx264 testsrc2 clip made here
+  a  extract-1080p-static  the same, both sides with the static ffmpeg build
   b  check-100         `cosmos check DIR --json` on 100 specs of 100 distinct generated clips,
                        wall time of the CLI subprocess; phases measured in a second process
   c  bytes-per-prompt  `cosmos upsample` bytes_sent vs the source clip's size (real clips)
@@ -100,17 +102,26 @@ def speedup(case, name, measured, baseline, goal_x: float | None, detail="") -> 
 # -- (a) first frames vs a full transcode -------------------------------------------------------
 
 
-def _extraction_rows(ws: Workspace, case: str, clip: Path, label: str, goal_x: float, reps: int):
+def _extraction_rows(
+    ws: Workspace,
+    case: str,
+    clip: Path,
+    label: str,
+    goal_x: float,
+    reps: int,
+    binary: str = "ffmpeg",
+):
     from cosmos_workflow.media import FrameCache
 
     folder = ws.folder(case)
     runs = iter(range(10_000))
 
     def transcode():
-        ffmpeg("-i", str(clip), "-vf", "scale=320:180", str(folder / "full.mp4"))
+        ffmpeg("-i", str(clip), "-vf", "scale=320:180", str(folder / "full.mp4"), binary=binary)
 
     def cold():  # a new cache folder each time: hashing + ffmpeg + manifest, no hit
-        prepared = FrameCache(folder / f"cache-{next(runs)}").frames(clip, 320, 180, 2)
+        cache = FrameCache(folder / f"cache-{next(runs)}", ffmpeg=binary)
+        prepared = cache.frames(clip, 320, 180, 2)
         if prepared.cached:
             raise BenchError("a fresh frame cache served a hit: the cold timing would be wrong")
 
@@ -121,7 +132,7 @@ def _extraction_rows(ws: Workspace, case: str, clip: Path, label: str, goal_x: f
         base.append(wall_and_cpu(transcode))
         ours.append(wall_and_cpu(cold))
     (base_s, base_cpu), (ours_s, ours_cpu) = map(medians, (base, ours))
-    warm = FrameCache(folder / "cache-warm")
+    warm = FrameCache(folder / "cache-warm", ffmpeg=binary)
     warm.frames(clip, 320, 180, 2)
     hit_s, _ = median_time(lambda: warm.frames(clip, 320, 180, 2), max(reps, 5))
     size = clip.stat().st_size
@@ -160,9 +171,34 @@ def case_extract_robot(ws: Workspace) -> list[Row]:
     )
 
 
-def case_extract_1080p(ws: Workspace) -> list[Row]:
+def static_ffmpeg() -> str:
+    """A statically linked ffmpeg (`[ffmpeg] binary` can name one): imageio-ffmpeg's build.
+
+    Debian's ffmpeg spends ~0.1 s resolving ~215 shared libraries at every start; a static
+    build starts in ~0.02 s.
+    """
+    try:
+        import imageio_ffmpeg
+    except ImportError as exc:
+        raise BenchError("imageio-ffmpeg is not installed (pip install -e '.[dev]')") from exc
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def case_extract_robot_static(ws: Workspace) -> list[Row]:
+    label = "robot 1280×704 121 fr, static ffmpeg"
+    reps = 3 if ws.quick else 7
+    rows = _extraction_rows(
+        ws, "extract-robot-static", ROBOT, label, 5, reps, binary=static_ffmpeg()
+    )
+    return rows[:1]
+
+
+def _clip_1080p(ws: Workspace) -> tuple[Path, str]:
     seconds = 2 if ws.quick else 10
     clip = ws.folder("clip-1080p") / "testsrc2_1080p.mp4"
+    label = f"1080p {seconds} s 30 fps" + (" (--quick)" if ws.quick else "")
+    if clip.exists():
+        return clip, label
     preset = ["-preset", "ultrafast"] if ws.quick else []  # full run: x264's default preset
     ffmpeg(
         "-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=30", "-t", str(seconds),
@@ -172,8 +208,27 @@ def case_extract_1080p(ws: Workspace) -> list[Row]:
     # hashed (git's "racy" rule), which would time a re-hash as the cache hit.
     an_hour_ago = time.time() - 3600
     os.utime(clip, (an_hour_ago, an_hour_ago))
-    label = f"1080p {seconds} s 30 fps" + (" (--quick)" if ws.quick else "")
+    return clip, label
+
+
+def case_extract_1080p(ws: Workspace) -> list[Row]:
+    clip, label = _clip_1080p(ws)
     return _extraction_rows(ws, "extract-1080p", clip, label, 15, 1 if ws.quick else 3)
+
+
+def case_extract_1080p_static(ws: Workspace) -> list[Row]:
+    clip, label = _clip_1080p(ws)
+    reps = 1 if ws.quick else 3
+    rows = _extraction_rows(
+        ws,
+        "extract-1080p-static",
+        clip,
+        label + ", static ffmpeg",
+        15,
+        reps,
+        binary=static_ffmpeg(),
+    )
+    return rows[:1]
 
 
 # -- (b) cosmos check on 100 clips -----------------------------------------------------------
@@ -314,7 +369,9 @@ HOST_TOOLS = (*MEDIA_TOOLS, "cosmos", "ssh-keygen", "sshd")
 # name: (letter, function, the executables it needs)
 CASES = {
     "extract-robot": ("a", case_extract_robot, MEDIA_TOOLS),
+    "extract-robot-static": ("a", case_extract_robot_static, MEDIA_TOOLS),
     "extract-1080p": ("a", case_extract_1080p, MEDIA_TOOLS),
+    "extract-1080p-static": ("a", case_extract_1080p_static, MEDIA_TOOLS),
     "check-100": ("b", case_check_100, (*MEDIA_TOOLS, "cosmos")),
     "bytes-per-prompt": ("c", case_bytes_per_prompt, HOST_TOOLS),
     "ssh-ops": ("d", case_ssh_ops, HOST_TOOLS),

@@ -71,10 +71,10 @@ def require_tools(names) -> dict[str, str]:
     return found
 
 
-def ffmpeg(*args: str, timeout_s: float = RUN_TIMEOUT_S) -> None:
+def ffmpeg(*args: str, timeout_s: float = RUN_TIMEOUT_S, binary: str = "ffmpeg") -> None:
     """Run ffmpeg quietly; a failure raises BenchError with its last stderr line."""
     result = subprocess.run(
-        ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args],
+        [binary, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args],
         capture_output=True,
         timeout=timeout_s,
         check=False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -208,3 +209,16 @@ def test_prepare_never_modifies_inputs(workdir):
     before = {p: p.read_bytes() for p in (OFFICE, ASSETS / "example1_input_video.mp4")}
     invoke("prepare", OFFICE, "--out", workdir / "p")
     assert {p: p.read_bytes() for p in before} == before
+
+
+def test_outputs_get_ordinary_file_permissions(workdir):
+    """Atomic writes go through mkstemp (0600); finished outputs are shared like any file."""
+    out = workdir / "prepared"
+    old = os.umask(0o022)
+    try:
+        assert invoke("prepare", ROBOT, "--out", out, "--preview").exit_code == 0
+    finally:
+        os.umask(old)
+    for name in ("frame_000.png", "hint.mp4", "preview.png"):
+        mode = (out / "robot_lab_night" / name).stat().st_mode & 0o777
+        assert mode == 0o644, (name, oct(mode))

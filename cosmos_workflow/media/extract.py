@@ -22,6 +22,7 @@ from pathlib import Path
 import ffmpeg as ffmpeg_python
 
 from ..errors import MediaError
+from ..fsutil import set_default_mode
 from .mp4 import read_mp4
 from .tools import check_source, last_lines, open_failure, run_tool
 
@@ -218,6 +219,7 @@ def make_hint_video(
             raise _failure(path, result.stderr, got=got, wanted=frame_count)
         if got < frame_count:
             raise _shortfall(path, got, frame_count, result.stderr)
+        set_default_mode(tmp)
         tmp.replace(out_path)
     finally:
         tmp.unlink(missing_ok=True)
