@@ -523,6 +523,11 @@ def test_check_json_reports_python_vllm_gpus_model_and_disk(remote, tmp_path):
     assert report["disk"]["free_bytes"] > 0
 
 
+def test_dash_dash_check_is_the_check_command(remote):
+    proc = remote.run("--check", "--model", str(remote.model), "--json")
+    assert json.loads(proc.stdout)["model"]["ok"] is True
+
+
 def test_check_without_gpu_or_checkpoint_is_not_ready_and_says_why(remote, tmp_path):
     python_dir = str(Path(sys.executable).parent)
 

@@ -610,6 +610,9 @@ def parse_args(argv: list | None) -> argparse.Namespace:
     where.add_argument("--model", help="model folder")
     where.add_argument("--checkpoint-dir", help="cosmos-transfer1 checkpoints folder")
     check.add_argument("--json", action="store_true", help="print a JSON report")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--check"]:  # `worker.py --check` reads naturally too
+        argv[0] = "check"
     return parser.parse_args(argv)
 
 
