@@ -7,7 +7,6 @@ is the test suite's (tests/sshd.py helpers), started on 127.0.0.1 and stopped by
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
 import os
 import shutil
@@ -301,66 +300,17 @@ class Workspace:
 
     def close(self) -> None:
         if self._sshd is not None:
+            from tests.sshd import stop_sshd
+
             server, self._sshd = self._sshd, None
-            server.kill_sessions()
-            server.process.terminate()
-            try:
-                server.process.wait(5)
-            except subprocess.TimeoutExpired:
-                server.process.kill()
-                server.process.wait()
+            stop_sshd(server)
 
 
 def _start_sshd(folder: Path, sshd: str):
     """The same server as tests/sshd.py's `sshd` fixture, outside pytest."""
-    from tests.sshd import (
-        SSHServer,
-        _sshd_config,
-        _wait_until_serving,
-        free_port,
-        keygen,
-        openssh_fingerprint,
-    )
+    from tests.sshd import start_sshd
 
-    host_key = keygen(folder / "ssh_host_ed25519_key", "bench-host")
-    user_key = keygen(folder / "id_ed25519", "bench-user")
-    authorized_keys = folder / "authorized_keys"
-    authorized_keys.write_text(Path(f"{user_key}.pub").read_text())
-    (folder / "ssh_config").write_text("")
-    if os.geteuid() == 0:
-        Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
-    log = folder / "sshd.log"
-    for _attempt in range(3):  # the port may be taken between pick and bind
-        port = free_port()
-        config = folder / "sshd_config"
-        config.write_text(_sshd_config(folder, port, host_key, authorized_keys))
-        with open(log, "wb") as log_file:
-            process = subprocess.Popen(
-                [sshd, "-D", "-e", "-f", str(config)],
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-            )  # fmt: skip
-        try:
-            _wait_until_serving(process, port, log)
-            break
-        except RuntimeError as exc:
-            process.kill()
-            process.wait()
-            if "Address already in use" not in log.read_text():
-                raise BenchError(f"sshd did not start: {exc}") from None
-    else:
-        raise BenchError("sshd did not start: no free port after 3 tries")
-    host_pub = Path(f"{host_key}.pub")
-    known_hosts = folder / "known_hosts"
-    key_type, key_b64 = host_pub.read_text().split()[:2]
-    known_hosts.write_text(f"[127.0.0.1]:{port} {key_type} {key_b64}\n")
-    return SSHServer(
-        host="127.0.0.1",
-        port=port,
-        user=getpass.getuser(),
-        key=user_key,
-        known_hosts=known_hosts,
-        host_key_pub=host_pub,
-        host_key_fingerprint=openssh_fingerprint(host_pub),
-        folder=folder,
-        process=process,
-    )
+    try:
+        return start_sshd(folder, sshd)
+    except RuntimeError as exc:
+        raise BenchError(f"sshd did not start: {exc}") from None

@@ -167,12 +167,14 @@ def _wait_until_serving(process: subprocess.Popen, port: int, log: Path) -> None
     raise RuntimeError(f"sshd did not answer on port {port}:\n{log.read_text()}")
 
 
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory) -> SSHServer:
-    """A real OpenSSH server on 127.0.0.1, logging us in with a throwaway key."""
-    if SSHD is None:
+def start_sshd(folder: Path, sshd: str | None = None) -> SSHServer:
+    """Start a real OpenSSH server on 127.0.0.1 in `folder`, with throwaway host and user keys.
+
+    Used by the `sshd` fixture and by scripts/bench.py; stop it with `stop_sshd`.
+    """
+    sshd = sshd or SSHD
+    if sshd is None:
         raise RuntimeError("OpenSSH's sshd is not installed (apt-get install openssh-server)")
-    folder = tmp_path_factory.mktemp("sshd")
     host_key = keygen(folder / "ssh_host_ed25519_key", "test-host")
     user_key = keygen(folder / "id_ed25519", "test-user")
     authorized_keys = folder / "authorized_keys"
@@ -189,7 +191,7 @@ def sshd(tmp_path_factory) -> SSHServer:
         log = folder / "sshd.log"
         with open(log, "wb") as log_file:
             process = subprocess.Popen(
-                [SSHD, "-D", "-e", "-f", str(config)],
+                [sshd, "-D", "-e", "-f", str(config)],
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=log_file,
@@ -202,10 +204,12 @@ def sshd(tmp_path_factory) -> SSHServer:
             process.wait()
             if "Address already in use" not in log.read_text():
                 raise
+    else:
+        raise RuntimeError("sshd did not start: no free port after 3 tries")
     known_hosts = folder / "known_hosts"
     key_type, key_b64 = host_pub.read_text().split()[:2]
     known_hosts.write_text(f"[127.0.0.1]:{port} {key_type} {key_b64}\n")
-    server = SSHServer(
+    return SSHServer(
         host="127.0.0.1",
         port=port,
         user=getpass.getuser(),
@@ -216,14 +220,24 @@ def sshd(tmp_path_factory) -> SSHServer:
         folder=folder,
         process=process,
     )
-    yield server
+
+
+def stop_sshd(server: SSHServer) -> None:
     server.kill_sessions()
-    process.terminate()
+    server.process.terminate()
     try:
-        process.wait(5)
+        server.process.wait(5)
     except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory) -> SSHServer:
+    """A real OpenSSH server on 127.0.0.1, logging us in with a throwaway key."""
+    server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    stop_sshd(server)
 
 
 @pytest.fixture(scope="session")
