@@ -124,3 +124,18 @@ def fake_engine_env(log_path: Path, **controls: str) -> dict[str, str]:
     env["FAKE_VLLM_LOG"] = str(log_path)
     env.update({f"FAKE_VLLM_{k.upper()}": str(v) for k, v in controls.items()})
     return env
+
+
+def batch_settings(**overrides) -> dict:
+    """batch.json "settings" exactly as the orchestrator writes them (NVIDIA's values), changed
+    by `overrides`: the worker tests use the CLI's side of the contract, not a copy of it."""
+    from dataclasses import asdict
+
+    from cosmos_workflow.workflows.jobs import EngineSettings
+
+    settings = asdict(EngineSettings(max_model_len=4096, max_tokens=300, frames=2))
+    unknown = set(overrides) - set(settings)
+    if unknown:
+        raise KeyError(f"not batch settings: {sorted(unknown)}")
+    settings.update(overrides)
+    return settings

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.engine import WORKER, fake_engine_env
+from tests.engine import WORKER, batch_settings, fake_engine_env
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
 CHECKPOINT = "nvidia/Cosmos-UpsamplePrompt1-12B-Transfer"
@@ -57,21 +57,7 @@ class Remote:
     def job(self, items: list, job_id: str = "job1", **settings) -> Path:
         job_dir = self.root / "jobs" / job_id
         job_dir.mkdir()
-        full = {
-            "model": str(self.model),
-            "checkpoint_dir": None,
-            "max_model_len": 4096,
-            "max_num_seqs": 2,
-            "tensor_parallel_size": 1,
-            "temperature": 0.6,
-            "max_tokens": 300,
-            "frames": 2,
-            "enable_prefix_caching": True,
-            "enforce_eager": False,
-            "chunk_size": 64,
-            "seed": None,
-        }
-        full.update(settings)
+        full = batch_settings(**{"model": str(self.model), **settings})
         batch = {"version": 1, "job_id": job_id, "settings": full, "items": items}
         (job_dir / "batch.json").write_text(json.dumps(batch), encoding="utf-8")
         return job_dir

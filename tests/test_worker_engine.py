@@ -22,7 +22,13 @@ from pathlib import Path
 import pytest
 
 from cosmos_workflow.tokens import count_prompt_tokens
-from tests.engine import WORKER, engine_env, require_engine_python, tiny_model_dir
+from tests.engine import (
+    WORKER,
+    batch_settings,
+    engine_env,
+    require_engine_python,
+    tiny_model_dir,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -35,21 +41,8 @@ PROMPTS = {
     "big": "Same scene, but the frames are 720p.",
     "d": "A warehouse robot at night.",
 }
-SETTINGS = {
-    "model": None,
-    "checkpoint_dir": None,
-    "max_model_len": 4096,
-    "max_num_seqs": 2,
-    "tensor_parallel_size": 1,
-    "temperature": 0.6,
-    "max_tokens": 300,
-    "frames": 2,
-    "enable_prefix_caching": True,
-    # torch.compile would add about a minute of start-up on 2 cores; the request path is the same.
-    "enforce_eager": True,
-    "chunk_size": 3,
-    "seed": None,
-}
+# torch.compile would add about a minute of start-up on 2 cores; the request path is the same.
+SETTINGS = batch_settings(enforce_eager=True, chunk_size=3)
 
 
 def make_testsrc_frames(cache: Path, size: tuple[int, int], name: str) -> list[str]:
