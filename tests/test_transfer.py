@@ -142,6 +142,22 @@ def test_interrupted_upload_never_appears_under_its_final_name(sshd, tmp_path):
     assert not target.exists()
 
 
+def test_a_closed_sftp_channel_is_a_lost_connection_not_a_file_error(sshd, tmp_path):
+    # paramiko closes a dying connection's channels before it marks the transport inactive;
+    # an SFTP call in that window gets a bare OSError("Socket is closed"). That must read as a
+    # lost connection (retried / "run again"), not as a failure of the file named.
+    local = tmp_path / "a.bin"
+    local.write_bytes(b"x" * 1000)
+    with Connection(sshd.settings()) as conn:
+        conn.sftp.sock.close()
+        assert conn.is_connected
+        with pytest.raises(SSHError) as caught:
+            conn.put(local, str(tmp_path / "b.bin"))
+        assert caught.value.code == "connection_lost"
+        assert conn.put(local, str(tmp_path / "b.bin")).bytes == 1000
+        assert conn.counters.connect == 2
+
+
 # --- the input cache --------------------------------------------------------------------------
 
 

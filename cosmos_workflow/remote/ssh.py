@@ -225,15 +225,31 @@ class Connection(SFTPOperations):
 
     @contextlib.contextmanager
     def _lost_on_failure(self, doing: str) -> Iterator[None]:
+        """Report a dropped connection as one "connection_lost" error.
+
+        paramiko signals a dead transport in several ways depending on where the drop lands
+        (SSHException, EOFError, or a plain OSError "Socket is closed" in the middle of an
+        SFTP write), so any OSError counts as a lost connection once the SFTP channel or the
+        transport is down. (paramiko closes the channels before it marks the transport
+        inactive, so the channel is the first to tell.)
+        """
         try:
             yield
         except (paramiko.SSHException, EOFError, ConnectionError, TimeoutError) as e:
-            self.close()
-            raise SSHError(
-                f"lost the connection to {self.host.description} while {doing}",
-                "check the network and the host, then run the command again",
-                code="connection_lost",
-            ) from e
+            raise self._connection_lost(doing) from e
+        except OSError as e:
+            sftp_closed = self._sftp is not None and self._sftp.sock.closed
+            if self.is_connected and not sftp_closed:
+                raise
+            raise self._connection_lost(doing) from e
+
+    def _connection_lost(self, doing: str) -> SSHError:
+        self.close()
+        return SSHError(
+            f"lost the connection to {self.host.description} while {doing}",
+            "check the network and the host, then run the command again",
+            code="connection_lost",
+        )
 
     # --- commands -----------------------------------------------------------------------------
 

@@ -65,7 +65,8 @@ class SFTPOperations:
     @contextlib.contextmanager
     def _file_op(self, doing: str, remote: str) -> Iterator:
         self.counters.sftp += 1
-        with self._lost_on_failure(f"trying to {doing} {remote}"), file_errors(doing, remote):
+        # file_errors outside: an OSError from a dead transport is a lost connection first.
+        with file_errors(doing, remote), self._lost_on_failure(f"trying to {doing} {remote}"):
             yield self.sftp
 
     def _upload_atomically(self, sftp, remote: str, send: Callable[[str], int]) -> int:
