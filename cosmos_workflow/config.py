@@ -219,7 +219,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "reconnect_attempts": Field(
             _as_count,
             5,
-            "reconnects (1, 2, 4 … s apart) when the connection drops while a job runs",
+            "reconnects (1, 2, 4 … s apart) when the connection drops during a run "
+            "(upload, worker, download)",
         ),
     },
     "paths": {

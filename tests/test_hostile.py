@@ -769,8 +769,8 @@ def _(w: World):
         "config_bad_value",
         f"{w.config}: [remote] reconnect_attempts = -1 is not valid; expected an integer, 0 or "
         "more",
-        "reconnect_attempts: reconnects (1, 2, 4 … s apart) when the connection drops while a "
-        "job runs",
+        "reconnect_attempts: reconnects (1, 2, 4 … s apart) when the connection drops during a "
+        "run (upload, worker, download)",
     )
 
 

@@ -235,10 +235,10 @@ def test_results_for_other_inputs_is_a_clear_error(job_env):
     assert "not 0123456789abcdef" in error["message"]
 
 
-def test_interrupted_upload_leaves_no_corrupt_cache_entry_and_rerun_is_right(
-    job_env, sshd, tmp_path
-):
-    # Two 4K frames of noise: ~50 MB of PNG, long enough on loopback to cut the upload.
+@pytest.fixture
+def noise_upload(job_env, tmp_path):
+    """A one-spec batch of two 4K noise frames (~50 MB of PNG, long enough on loopback to cut
+    the upload), and a function that starts it and kills the SSH session mid-upload."""
     clip = tmp_path / "noise4k.mp4"
     subprocess.run(
         ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "nullsrc=s=3840x2160:r=2:d=1"]
@@ -254,38 +254,77 @@ def test_interrupted_upload_leaves_no_corrupt_cache_entry_and_rerun_is_right(
     args = [sys.executable, "-m", "cosmos_workflow", "upsample", str(prompts), "--save-dir"]
     args += ["out", "--max-resolution", "source", "--json"]
     env = dict(os.environ, COSMOS_UPSAMPLING_MAX_TOKENS="8192")
-    proc = subprocess.Popen(
-        args, cwd=job_env["workdir"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
     cache = job_env["host"] / "cosmos_workflow" / "cache"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        partial = [p for p in cache.glob(".*") if p.is_file() and p.stat().st_size > 1 << 20]
-        if partial:
-            break
-        time.sleep(0.01)
-    assert partial, "the upload never started"
-    sshd.kill_sessions()
-    stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 4, stderr
-    assert json.loads(stdout)["error"]["code"] == "connection_lost"
-    assert b"Socket exception" not in stderr  # paramiko's own log stays quiet
-    # Nothing under a final cache name unless it is whole and verified.
-    for entry in cache.glob("*.png"):
-        assert hashlib.sha256(entry.read_bytes()).hexdigest() == entry.stem
 
-    result = subprocess.run(
-        args, cwd=job_env["workdir"], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
-    record = json.loads(result.stdout)["data"]
-    (item,) = record["items"]
+    def cut(sshd, **extra_env) -> tuple[int, str, str]:
+        proc = subprocess.Popen(
+            args,
+            cwd=job_env["workdir"],
+            env=dict(env, **extra_env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        partial = []
+        while not partial and time.monotonic() < deadline:
+            partial = [p for p in cache.glob(".*") if p.is_file() and p.stat().st_size > 1 << 20]
+            time.sleep(0.01)
+        assert partial, "the upload never started"
+        assert sshd.kill_sessions() >= 1
+        stdout, stderr = proc.communicate(timeout=60)
+        return proc.returncode, stdout, stderr
+
+    def rerun() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            args, cwd=job_env["workdir"], env=env, capture_output=True, text=True, timeout=120
+        )
+
+    def cache_is_sound() -> set[str]:
+        """Nothing under a final cache name unless it is whole and verified."""
+        entries = {p.stem for p in cache.glob("*.png")}
+        for name in entries:
+            assert hashlib.sha256((cache / f"{name}.png").read_bytes()).hexdigest() == name
+        return entries
+
+    return {"cut": cut, "rerun": rerun, "cache_is_sound": cache_is_sound}
+
+
+def one_4k_item(stdout: str) -> None:
+    (item,) = json.loads(stdout)["data"]["items"]
     assert item["status"] == "ok" and (item["frame_width"], item["frame_height"]) == (3840, 2160)
-    for entry in cache.glob("*.png"):
-        assert hashlib.sha256(entry.read_bytes()).hexdigest() == entry.stem
-    assert {p.stem for p in cache.glob("*.png")} >= set(
-        e["image_sha256"][0] for e in engine_events(job_env["log"])
-    )
+
+
+def test_interrupted_upload_leaves_no_corrupt_cache_entry_and_rerun_is_right(
+    job_env, sshd, noise_upload
+):
+    code, stdout, stderr = noise_upload["cut"](sshd, COSMOS_REMOTE_RECONNECT_ATTEMPTS="0")
+    assert code == 4, stderr
+    error = json.loads(stdout)["error"]
+    assert error["code"] == "connection_lost"
+    assert "(after 1 attempt(s)); nothing was started on the host" in error["message"]
+    assert "frames the host received whole are not sent again" in error["hint"]
+    assert "Socket exception" not in stderr  # paramiko's own log stays quiet
+    noise_upload["cache_is_sound"]()
+    assert not job_env["log"].exists()  # the engine never ran
+
+    result = noise_upload["rerun"]()
+    assert result.returncode == 0, result.stderr
+    one_4k_item(result.stdout)
+    sent = {e["image_sha256"][0] for e in engine_events(job_env["log"])}
+    assert noise_upload["cache_is_sound"]() >= sent
+
+
+def test_upload_cut_by_a_dropped_connection_is_retried_in_the_same_run(job_env, sshd, noise_upload):
+    code, stdout, stderr = noise_upload["cut"](sshd)
+    assert code == 0, stderr
+    assert "connection lost; reconnecting in 1 s (attempt 1 of 3)" in stderr
+    one_4k_item(stdout)
+    record = json.loads(stdout)["data"]
+    assert record["ops"]["connect"] == 2
+    sent = {e["image_sha256"][0] for e in engine_events(job_env["log"])}
+    assert len(engine_events(job_env["log"])) == 1
+    assert noise_upload["cache_is_sound"]() >= sent
 
 
 def test_logs_follow_streams_until_the_worker_ends(job_env):

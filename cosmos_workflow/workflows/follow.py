@@ -7,6 +7,7 @@ import posixpath
 import signal
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from ..errors import CosmosError, SSHError, WorkerError
 from ..remote import jobctl
@@ -22,6 +23,43 @@ RETRIABLE = {
     "ssh_handshake",
 }
 
+T = TypeVar("T")
+
+
+def reconnecting(
+    action: Callable[[], T],
+    *,
+    attempts: int,
+    on_event: Callable[..., None],
+    give_up: Callable[[SSHError, int], CosmosError],
+) -> T:
+    """Call `action()`; when the connection drops, wait and call it again.
+
+    Only a connection that was up and then dropped starts the retries ("connection_lost"):
+    a host that refuses or never answers the first time fails at once. Once retrying, the
+    network failures in RETRIABLE are retried `attempts` times in all with exponential backoff
+    (1, 2, 4 … s, at most 30). `action` must be safe to repeat. When it gives up, it raises
+    `give_up(error, attempts made)`; any other SSH error is raised as it is.
+    """
+    dropped = False
+    for attempt in range(attempts + 1):
+        try:
+            return action()
+        except SSHError as exc:
+            dropped = dropped or exc.code == "connection_lost"
+            if not dropped:
+                raise
+            if exc.code not in RETRIABLE or attempt == attempts:
+                raise give_up(exc, attempt + 1) from None
+            delay_s = min(2**attempt, 30)
+            on_event(
+                "stage",
+                message=f"connection lost; reconnecting in {delay_s} s "
+                f"(attempt {attempt + 1} of {attempts})",
+            )
+            time.sleep(delay_s)
+    raise AssertionError("unreachable")  # the last attempt returns or raises
+
 
 def follow_worker(
     conn,
@@ -34,9 +72,9 @@ def follow_worker(
 ) -> WorkerError | None:
     """Start the worker (or reattach to it) and stream its output until it ends.
 
-    A dropped connection is retried `attempts` times with exponential backoff (1, 2, 4 … s, at
-    most 30), resuming the stream where it stopped; the worker keeps running meanwhile.
-    Progress lines become `on_event("progress", …)`, others `on_event("log", line=…)`.
+    A dropped connection is retried (see `reconnecting`), resuming the stream where it
+    stopped; the worker keeps running meanwhile. Progress lines become
+    `on_event("progress", …)`, others `on_event("log", line=…)`.
     Returns the worker's failure, or None when it exited 0.
     """
     seen = 0
@@ -54,26 +92,18 @@ def follow_worker(
         else:
             on_event("log", line=line)
 
-    for attempt in range(attempts + 1):
+    def stream() -> None:
         command = jobctl.launch_and_follow(job_dir, worker_command, skip_lines=seen)
-        try:
-            conn.run(ShellCommand(command), check=False, on_stdout=on_stdout)
-            break
-        except SSHError as exc:
-            if exc.code not in RETRIABLE or attempt == attempts:
-                raise SSHError(
-                    f"{exc.message} (after {attempt + 1} attempt(s)); "
-                    f"job {job_id} keeps running on the host",
-                    f"rerun the same command to reattach, or `cosmos remote status {job_id}`",
-                    code=exc.code,
-                ) from None
-            delay_s = min(2**attempt, 30)
-            on_event(
-                "stage",
-                message=f"connection lost; reconnecting in {delay_s} s "
-                f"(attempt {attempt + 1} of {attempts})",
-            )
-            time.sleep(delay_s)
+        conn.run(ShellCommand(command), check=False, on_stdout=on_stdout)
+
+    def give_up(exc: SSHError, tries: int) -> SSHError:
+        return SSHError(
+            f"{exc.message} (after {tries} attempt(s)); job {job_id} keeps running on the host",
+            f"rerun the same command to reattach, or `cosmos remote status {job_id}`",
+            code=exc.code,
+        )
+
+    reconnecting(stream, attempts=attempts, on_event=on_event, give_up=give_up)
     if exit_text == "0":
         return None
     if exit_text == "cancelled":

@@ -16,13 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .. import tokens
-from ..errors import CosmosError, MediaError, SpecError
+from ..errors import CosmosError, MediaError, SpecError, SSHError
 from ..fsutil import atomic_write_json
 from ..remote import jobctl
 from ..remote import runner as runners
 from ..remote.transfer import upload_to_cache
 from ..specs import output_names, upsampled_spec, write_spec
-from .follow import follow_worker
+from .follow import follow_worker, reconnecting
 from .jobs import (
     EngineSettings,
     PlannedItem,
@@ -245,6 +245,8 @@ class UpsampleMixin:
     def _ship_and_run(self, record, staged, engine, runner, on_event, *, launch=True):
         """Upload, start (or reattach to) the detached worker, stream it, fetch results.
 
+        Each phase is retried when the connection drops (`reconnecting`): the upload sends
+        only what the host's cache still lacks, the stream resumes where it stopped.
         With `launch=False` nothing is uploaded or started: only the job's results are read.
         """
         root = runner.root
@@ -252,22 +254,29 @@ class UpsampleMixin:
         frames = {}
         for item in staged:
             frames.update(zip(item.frame_sha256, item.frame_files, strict=True))
+        attempts = self.config.remote.reconnect_attempts
+
+        def ship() -> None:
+            self.ensure_worker(conn, root, job_dir)
+            on_event("stage", message=f"uploading {len(frames)} frame(s)")
+            upload = upload_to_cache(
+                conn, [(path, sha) for sha, path in frames.items()], posixpath.join(root, "cache")
+            )
+            record.bytes_sent += upload.bytes_sent
+            conn.write_bytes(
+                posixpath.join(job_dir, "batch.json"), batch_json(record.job_id, staged, engine)
+            )
+
+        def fetch() -> bytes:
+            results_path = posixpath.join(job_dir, "results.jsonl")
+            return conn.read_bytes(results_path) if conn.exists(results_path) else b""
+
         with self.connect() as conn:
             failure = None
             if launch:
                 t0 = time.monotonic()
                 on_event("stage", message="connecting")
-                self.ensure_worker(conn, root, job_dir)
-                on_event("stage", message=f"uploading {len(frames)} frame(s)")
-                upload = upload_to_cache(
-                    conn,
-                    [(path, sha) for sha, path in frames.items()],
-                    posixpath.join(root, "cache"),
-                )
-                record.bytes_sent = upload.bytes_sent
-                conn.write_bytes(
-                    posixpath.join(job_dir, "batch.json"), batch_json(record.job_id, staged, engine)
-                )
+                reconnecting(ship, attempts=attempts, on_event=on_event, give_up=_upload_gave_up)
                 record.timings_s["ship"] = round(time.monotonic() - t0, 3)
                 t0 = time.monotonic()
                 on_event("job", job_id=record.job_id)  # from here on, the job is on the host
@@ -278,13 +287,17 @@ class UpsampleMixin:
                     job_dir,
                     record.remote_command,
                     record.job_id,
-                    attempts=self.config.remote.reconnect_attempts,
+                    attempts=attempts,
                     on_event=on_event,
                 )
                 record.timings_s["run"] = round(time.monotonic() - t0, 3)
             t0 = time.monotonic()
-            results_path = posixpath.join(job_dir, "results.jsonl")
-            data = conn.read_bytes(results_path) if conn.exists(results_path) else b""
+            data = reconnecting(
+                fetch,
+                attempts=attempts,
+                on_event=on_event,
+                give_up=lambda exc, tries: _collect_gave_up(exc, tries, record.job_id),
+            )
             record.timings_s["collect"] = round(time.monotonic() - t0, 3)
             record.ops = dict(conn.counters.as_dict())
         results = parse_results(data)
@@ -334,6 +347,22 @@ class UpsampleMixin:
             data = upsampled_spec(item.spec, item.upsampled_prompt, out_dir=save_dir)
             item.output = str(write_spec(save_dir / item.output_name, data))
             item.status = "ok"
+
+
+def _upload_gave_up(exc: SSHError, tries: int) -> SSHError:
+    return SSHError(
+        f"{exc.message} (after {tries} attempt(s)); nothing was started on the host",
+        "run the same command again: frames the host received whole are not sent again",
+        code=exc.code,
+    )
+
+
+def _collect_gave_up(exc: SSHError, tries: int, job_id: str) -> SSHError:
+    return SSHError(
+        f"{exc.message} (after {tries} attempt(s)); job {job_id} keeps its results on the host",
+        "rerun the same command (or `cosmos remote results`) to download them",
+        code=exc.code,
+    )
 
 
 def _budget_error(check: CheckItem) -> dict:
