@@ -32,7 +32,7 @@ from .base import (
     command_timed_out,
     file_errors,
 )
-from .transfer import local_temporary, require_local_file
+from .transfer import download_atomically, local_temporary, require_local_file
 
 _READ_SIZE = 1 << 16
 
@@ -162,14 +162,7 @@ class LocalConnection:
         local, remote = Path(local), check_remote_path(remote)
         clock = Stopwatch()
         with self._file_op("download", remote):
-            local.parent.mkdir(parents=True, exist_ok=True)
-            tmp = local_temporary(local)
-            try:
-                shutil.copyfile(remote, tmp)
-                os.replace(tmp, local)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+            download_atomically(local, lambda tmp: shutil.copyfile(remote, tmp))
         return TransferResult(local, remote, local.stat().st_size, clock.elapsed_s)
 
     def read_bytes(self, remote: str) -> bytes:

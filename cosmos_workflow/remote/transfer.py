@@ -48,6 +48,19 @@ def local_temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.{_token()}.tmp")
 
 
+def download_atomically(local: Path, fetch: Callable[[str], object]) -> None:
+    """`fetch(tmp)` writes the file to a hidden sibling of `local`, then it is renamed into
+    place; parent folders are created, and the temporary file never outlives a failure."""
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = local_temporary(local)
+    try:
+        fetch(str(tmp))
+        os.replace(tmp, local)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def require_local_file(path: Path) -> None:
     if not path.is_file():
         raise TransferError(f"local file {path} does not exist", code="local_not_found")
@@ -109,16 +122,9 @@ class SFTPOperations:
     def get(self, remote: str, local: str | os.PathLike) -> TransferResult:
         """Download absolute POSIX path `remote` to `local`, atomically; local parents created."""
         local, remote = Path(local), check_remote_path(remote)
-        local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local_temporary(local)
         clock = Stopwatch()
         with self._file_op("download", remote) as sftp:
-            try:
-                sftp.get(remote, str(tmp))
-                os.replace(tmp, local)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+            download_atomically(local, lambda tmp: sftp.get(remote, tmp))
         return TransferResult(local, remote, local.stat().st_size, clock.elapsed_s)
 
     def read_bytes(self, remote: str) -> bytes:
