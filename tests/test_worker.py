@@ -29,7 +29,7 @@ CHECKPOINT = "nvidia/Cosmos-UpsamplePrompt1-12B-Transfer"
 RESULT_KEYS = {"id", "text", "prompt_tokens", "output_tokens", "finish_reason", "error"}
 RESULT_KEYS |= {"elapsed_s"}
 STATUS_KEYS = {"job_id", "state", "total", "done", "failed", "pending", "pid", "heartbeat"}
-STATUS_KEYS |= {"started_at", "finished_at", "error", "vllm_version", "python"}
+STATUS_KEYS |= {"started_at", "finished_at", "error", "vllm_version", "python", "stalled_since"}
 
 
 class Remote:
@@ -451,7 +451,10 @@ def test_engine_that_fails_to_start_exits_3_with_its_error(remote):
     assert proc.returncode == 3
     st = status(job_dir)
     assert st["state"] == "failed"
-    assert st["error"] == "engine failed to start: RuntimeError: CUDA out of memory"
+    assert st["error"] == (
+        "engine failed to start: RuntimeError: CUDA out of memory"
+        " (lower [worker] gpu_memory_utilization or max_num_seqs, or use more GPUs)"
+    )
     assert not (job_dir / "results.jsonl").exists()
 
 
@@ -591,4 +594,5 @@ def test_worker_imports_only_the_standard_library_and_vllm():
             modules.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             modules.add(node.module.split(".")[0])
-    assert modules - set(sys.stdlib_module_names) == {"vllm"}
+    # transformers: a dependency of vLLM, guarded before vLLM is imported (aimv2 registration).
+    assert modules - set(sys.stdlib_module_names) == {"vllm", "transformers"}

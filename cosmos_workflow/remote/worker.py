@@ -38,6 +38,7 @@ import base64
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -76,6 +77,10 @@ DEFAULT_SETTINGS = {
     "enforce_eager": False,
     "chunk_size": 64,
     "seed": None,
+    # No item finished and no engine step reported for this long: status.json says "stalled".
+    # A dead engine can hang the worker for good (vLLM 0.8's client kills its own process group,
+    # which a container's PID 1 ignores); this makes that visible to `cosmos remote status`.
+    "stall_timeout_s": 900,
 }
 
 log = logging.getLogger("cosmos_worker")
@@ -118,6 +123,7 @@ def load_batch(job_dir: str) -> dict:
     # null means "the default"; unknown keys are left for newer workers.
     merged.update({k: v for k, v in settings.items() if v is not None})
     positive = ("max_model_len", "max_num_seqs", "tensor_parallel_size", "max_tokens", "frames")
+    positive += ("stall_timeout_s",)
     for key in (*positive, "chunk_size"):
         if not isinstance(merged[key], int) or isinstance(merged[key], bool) or merged[key] < 1:
             raise BatchError(f"{path}: settings.{key} must be a positive integer")
@@ -233,7 +239,10 @@ class JobFiles:
             "error": None,
             "vllm_version": None,
             "python": sys.version.split()[0],
+            "stalled_since": None,
         }
+        self._last_progress = time.monotonic()
+        self._active_state = "starting"
 
     def update_status(self, **fields) -> None:
         with self._lock:
@@ -248,6 +257,35 @@ class JobFiles:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.status_path)
+
+    def progressed(self, **fields) -> None:
+        """Something moved (a new state, a finished chunk): the job is not stalled."""
+        with self._lock:
+            self._last_progress = time.monotonic()
+            was_stalled = self.status["state"] == "stalled"
+            if "state" in fields:
+                self._active_state = fields["state"]
+            if was_stalled:
+                fields.setdefault("state", self._active_state)
+                fields["stalled_since"] = None
+        if was_stalled:
+            log.info("the engine made progress again")
+        self.update_status(**fields)
+
+    def beat(self, stall_timeout_s: float) -> None:
+        """Refresh the heartbeat; flag the job "stalled" after stall_timeout_s without progress."""
+        idle_s = time.monotonic() - self._last_progress
+        state = self.status["state"]
+        if state in ("loading", "running") and idle_s > stall_timeout_s:
+            log.warning(
+                "no progress for %.0f s while %s: the engine may be hung "
+                "(`cosmos remote cancel` stops the job; a rerun resumes it)",
+                idle_s,
+                state,
+            )
+            self.update_status(state="stalled", stalled_since=time.time() - idle_s)
+        else:
+            self.update_status()
 
     def count(self, record: dict) -> dict:
         """Count one new result; returns the progress line's fields."""
@@ -290,13 +328,17 @@ class JobFiles:
             os.fsync(f.fileno())
 
 
-def start_heartbeat(files: JobFiles, stop: threading.Event) -> threading.Thread:
-    """Refresh status.json's heartbeat while the engine loads or runs (long silent stretches)."""
+def start_heartbeat(
+    files: JobFiles, stop: threading.Event, stall_timeout_s: float
+) -> threading.Thread:
+    """Refresh status.json's heartbeat while the engine loads or runs (long silent stretches),
+    and mark the job stalled when nothing moves for stall_timeout_s."""
+    interval_s = min(HEARTBEAT_S, stall_timeout_s / 2)
 
     def beat() -> None:
-        while not stop.wait(HEARTBEAT_S):
+        while not stop.wait(interval_s):
             try:
-                files.update_status()
+                files.beat(stall_timeout_s)
             except OSError as e:
                 log.warning("heartbeat: %s", e)
 
@@ -322,10 +364,41 @@ def setup_logging(job_dir: str | None) -> None:
 # ---------------------------------------------------------------------------- engine
 
 
+def tolerate_duplicate_config_registration() -> None:
+    """Let vLLM register its own transformers configs when transformers already has them.
+
+    vLLM 0.9.x registers model types such as "aimv2" with transformers' AutoConfig at import;
+    newer transformers ship "aimv2" themselves, and AutoConfig.register then raises "'aimv2' is
+    already used by a Transformers config" on the first use of vLLM. NVIDIA's cosmos-transfer1
+    guards this the same way (cosmos_transfer1/utils/fix_vllm_registration.py). Must run before
+    vLLM is imported; does nothing when transformers is missing or already guarded.
+    """
+    try:
+        from transformers import AutoConfig
+    except Exception:  # no transformers (or a broken one): vLLM's own import will say so
+        return
+    register = AutoConfig.register
+    if getattr(register, "_cosmos_guard", False):
+        return
+
+    def guarded_register(model_type, config, exist_ok=False):
+        try:
+            return register(model_type, config, exist_ok=exist_ok)
+        except ValueError as e:
+            if "already used" not in str(e):
+                raise
+            log.info("transformers already knows %r: keeping its config", model_type)
+            return None
+
+    guarded_register._cosmos_guard = True
+    AutoConfig.register = staticmethod(guarded_register)
+
+
 def import_vllm():
     """Import vLLM the way NVIDIA's instructions want it started."""
     # NVIDIA: vLLM must spawn (not fork) its engine processes once CUDA is initialised.
     os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    tolerate_duplicate_config_registration()
     import vllm
 
     return vllm
@@ -355,6 +428,59 @@ def load_engine(vllm, model_dir: str, settings: dict):
         # CUDA graphs / torch.compile cost start-up time; eager mode starts faster (tests use it).
         enforce_eager=settings["enforce_eager"],
     )
+
+
+# What vLLM's V1 client raises when its engine process failed to start; the real reason was
+# printed by that process (to the job's stdout.log) just before.
+_SEE_ABOVE = ("root cause above", "Engine core initialization failed", "Failed core proc")
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception)): (\S.*)$")
+
+
+def read_from(path: str, offset: int) -> str:
+    """What was written to `path` after `offset` bytes (the last 256 KiB of it), or ""."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(offset, size - 256 * 1024))
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def root_cause(error: BaseException, output: str) -> str:
+    """One line saying why the engine did not start.
+
+    The exception itself when it says something; else (vLLM's "Engine core initialization
+    failed. See root cause above") the last exception line the engine process printed, or a
+    chained exception that is not the generic one.
+    """
+    candidates = []
+    seen, current = set(), error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        candidates.append(f"{type(current).__name__}: {current}")
+        current = current.__cause__ or current.__context__
+    for line in reversed(output.splitlines()):
+        match = _EXCEPTION_LINE.match(line.strip())
+        if match:
+            candidates.insert(1, f"{match.group(1)}: {match.group(2)}")
+            break
+    for text in candidates:
+        if not any(marker in text for marker in _SEE_ABOVE):
+            return " ".join(text.split())
+    return " ".join(candidates[0].split())
+
+
+def start_hint(cause: str) -> str:
+    """What to change for the start failures people meet most."""
+    lowered = cause.lower()
+    if "memory utilization" in lowered or "gpu_memory_utilization" in lowered:
+        return (
+            " (another process holds GPU memory: free it, or lower [worker] gpu_memory_utilization)"
+        )
+    if "out of memory" in lowered:
+        return " (lower [worker] gpu_memory_utilization or max_num_seqs, or use more GPUs)"
+    return ""
 
 
 def is_engine_dead(error: BaseException) -> bool:
@@ -389,21 +515,75 @@ def output_record(item_id: str, output, elapsed_s: float) -> dict:
     }
 
 
+def next_request_id(llm) -> int | None:
+    """The id LLM will give its next request (LLM.request_counter), None if this vLLM hides it."""
+    counter = getattr(getattr(llm, "request_counter", None), "counter", None)
+    return counter if isinstance(counter, int) else None
+
+
+def drop_leftover_requests(llm, first_id: int | None) -> None:
+    """Remove what a rejected chat() call left queued in the engine.
+
+    vLLM 0.8 and 0.9 add a call's requests one by one and do not abort the ones already added
+    when a later one fails validation (vLLM issue 26081, fixed upstream by PR 27420): the next
+    chat() would run them too and return their outputs with its own. The ids of the orphans are
+    first_id.. (LLM numbers requests with a counter); they are aborted. Anything still queued
+    after that (an engine that numbers requests otherwise) is run to the end and discarded.
+    """
+    engine = getattr(llm, "llm_engine", None)
+    last_id = next_request_id(llm)
+    if engine is None:
+        return
+    if first_id is not None and last_id is not None and last_id > first_id:
+        orphans = [str(n) for n in range(first_id, last_id)]
+        try:
+            engine.abort_request(orphans)
+        except Exception as e:  # an id the engine no longer knows, an older signature
+            log.warning("could not abort leftover requests %s: %s", orphans, e)
+    try:
+        if engine.has_unfinished_requests():
+            dropped = llm._run_engine(use_tqdm=False)
+            log.warning("discarded %d leftover outputs of a rejected call", len(dropped))
+    except Exception as e:  # an engine without these internals has nothing left over
+        log.warning("could not check for leftover requests: %s: %s", type(e).__name__, e)
+
+
+def own_outputs(outputs: list, first_id: int | None, count: int) -> list | None:
+    """This call's outputs, in request order; None when they cannot be told apart.
+
+    Normally every output is ours. If an engine returns more (leftovers of an earlier rejected
+    call that could not be dropped), ours are the ones numbered from first_id on.
+    """
+    if len(outputs) == count:
+        return outputs
+    if first_id is None:
+        return None
+    try:
+        ours = [o for o in outputs if int(o.request_id) >= first_id]
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return ours if len(ours) == count else None
+
+
 def run_chunk(llm, sampling_params, chunk: list) -> list:
     """Generate for [(item_id, conversation)], all in one chat call when the engine accepts it.
 
-    vLLM validates every request of a call before running any (it aborts the ones already added
-    when one fails), so one bad request (too many tokens, an undecodable image) rejects the lot.
+    vLLM validates the requests of a call as it adds them, so one bad request (too many tokens,
+    an undecodable image) rejects the whole call: vLLM 0.32 with VLLMValidationError, 0.8/0.9
+    with a plain ValueError (0.8 already at prompt length == max_model_len, 0.9 above it), and
+    those older versions leave the requests added before the bad one queued (dropped here).
     Then the chunk is split in halves and each half tried again, down to single items: the good
     items still run batched, each reaches the engine once, and only the bad ones become error
     results carrying the engine's message.
     """
     started = time.monotonic()
+    first_id = next_request_id(llm)
     try:
         outputs = llm.chat([conv for _, conv in chunk], sampling_params, use_tqdm=False)
     except Exception as e:
         if is_engine_dead(e):
             raise EngineDiedError(f"{type(e).__name__}: {e}") from e
+        drop_leftover_requests(llm, first_id)
         if len(chunk) == 1:
             return [error_record(chunk[0][0], e, time.monotonic() - started)]
         log.warning(
@@ -417,9 +597,18 @@ def run_chunk(llm, sampling_params, chunk: list) -> list:
             llm, sampling_params, chunk[half:]
         )
     elapsed_s = time.monotonic() - started
+    ours = own_outputs(list(outputs), first_id, len(chunk))
+    if ours is None:
+        # Never guess which answer belongs to which prompt: fail the chunk's items (the next run
+        # of the same command retries them) and go on with the rest of the job.
+        message = f"the engine returned {len(outputs)} outputs for {len(chunk)} requests"
+        log.error("%s; failing those items so a rerun retries them", message)
+        drop_leftover_requests(llm, None)
+        mismatch = RuntimeError(message)
+        return [error_record(item_id, mismatch, elapsed_s) for item_id, _ in chunk]
     return [
         output_record(item_id, out, elapsed_s)
-        for (item_id, _), out in zip(chunk, outputs, strict=True)
+        for (item_id, _), out in zip(chunk, ours, strict=True)
     ]
 
 
@@ -460,10 +649,13 @@ def run_job(job_dir: str, model_override: str | None) -> int:
         problem = model_problem(model_dir)
         if problem:
             raise EngineStartError(problem)
-        files.update_status(state="loading")
-        start_heartbeat(files, stop_heartbeat)
+        files.progressed(state="loading")
+        start_heartbeat(files, stop_heartbeat, settings["stall_timeout_s"])
         log.info("loading %s", model_dir)
         loaded_at = time.monotonic()
+        # The launcher sends the worker's output (and the engine processes') to stdout.log.
+        output_log = os.path.join(job_dir, "stdout.log")
+        output_offset = os.path.getsize(output_log) if os.path.isfile(output_log) else 0
         try:
             vllm = import_vllm()
             files.update_status(vllm_version=getattr(vllm, "__version__", None))
@@ -474,9 +666,12 @@ def run_job(job_dir: str, model_override: str | None) -> int:
                 seed=settings["seed"],
             )
         except Exception as e:
-            raise EngineStartError(f"engine failed to start: {type(e).__name__}: {e}") from e
+            sys.stdout.flush()
+            cause = root_cause(e, read_from(output_log, output_offset))
+            log.error("%s", traceback.format_exc())
+            raise EngineStartError(f"engine failed to start: {cause}{start_hint(cause)}") from e
         log.info("engine ready in %.1f s", time.monotonic() - loaded_at)
-        files.update_status(state="running")
+        files.progressed(state="running")
 
         for first in range(0, len(pending), settings["chunk_size"]):
             records, chunk = [], []
@@ -495,7 +690,7 @@ def run_job(job_dir: str, model_override: str | None) -> int:
                     log.warning("item %s failed: %s", record["id"], record["error"]["message"])
                 progress = files.count(record)
                 print(PROGRESS_PREFIX + json.dumps(progress, ensure_ascii=False), flush=True)
-            files.update_status()
+            files.progressed()
         files.update_status(state="done", finished_at=time.time())
         log.info("job done: %d ok, %d failed", files.status["done"], files.status["failed"])
         return EXIT_OK

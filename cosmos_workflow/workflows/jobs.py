@@ -89,6 +89,7 @@ class EngineSettings:
     model: str | None = None
     chunk_size: int = 64
     seed: int | None = None
+    stall_timeout_s: int = 900  # status.json says "stalled" after this long without progress
 
 
 def job_id_for(items: list[PlannedItem], settings: EngineSettings) -> str:
