@@ -63,6 +63,9 @@ PARAMS = {
     "norm_eps": 1e-05,
     "vocab_size": VOCAB_SIZE,
     "max_position_embeddings": 131072,
+    # The weights are stored in bf16, and saying so lets every vLLM of the test matrix load them
+    # as they are: without it vLLM 0.8 picks float16, which its CPU cache kernels reject.
+    "torch_dtype": "bfloat16",
     "vision_encoder": {
         "hidden_size": VISION_DIM,
         "num_channels": 3,

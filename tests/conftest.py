@@ -24,7 +24,7 @@ def isolated_user_state(tmp_path_factory, monkeypatch):
     test reads the developer's own ~/.config or ~/.cache.
     """
     for name in list(os.environ):
-        if name.startswith("COSMOS_") and name != "COSMOS_ENGINE_PYTHON":
+        if name.startswith("COSMOS_") and not name.startswith("COSMOS_ENGINE_"):
             monkeypatch.delenv(name)
     user_dir = tmp_path_factory.mktemp("user")
     monkeypatch.setenv("COSMOS_USER_DIR", str(user_dir))

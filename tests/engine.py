@@ -7,8 +7,8 @@ and exports COSMOS_ENGINE_PYTHON; locally the cache path is found the way the sc
 
 from __future__ import annotations
 
+import functools
 import os
-import re
 import subprocess
 from pathlib import Path
 
@@ -21,14 +21,12 @@ WORKER = REPO / "cosmos_workflow" / "remote" / "worker.py"
 FAKE_VLLM = REPO / "tests" / "fake_vllm"
 
 
-def _script_versions() -> tuple[str, str]:
-    """(vLLM, torch) versions pinned by setup_engine.sh: its venv folder name carries them."""
-    text = SETUP_SCRIPT.read_text(encoding="utf-8")
-    vllm = re.search(r"^VLLM_VERSION=(\S+)", text, re.M)
-    torch = re.search(r"^TORCH_VERSION=(\S+)", text, re.M)
-    if not (vllm and torch):
-        raise RuntimeError(f"{SETUP_SCRIPT}: VLLM_VERSION / TORCH_VERSION not found")
-    return vllm.group(1), torch.group(1)
+DEFAULT_VLLM = "0.32.0"
+
+
+def matrix_version() -> str:
+    """The matrix's vLLM for this run: COSMOS_ENGINE_VLLM, as setup_engine.sh reads it."""
+    return os.environ.get("COSMOS_ENGINE_VLLM") or DEFAULT_VLLM
 
 
 def engine_cache_dir() -> Path:
@@ -40,15 +38,36 @@ def engine_cache_dir() -> Path:
 
 
 def engine_python() -> str | None:
-    """The engine venv's python: COSMOS_ENGINE_PYTHON, else a complete venv in the cache."""
+    """The engine venv's python: COSMOS_ENGINE_PYTHON, else a complete venv in the cache for
+    the matrix version (COSMOS_ENGINE_VLLM, default the newest)."""
     if os.environ.get("COSMOS_ENGINE_PYTHON"):
         return os.environ["COSMOS_ENGINE_PYTHON"]
-    vllm, torch = _script_versions()
-    for venv in sorted(engine_cache_dir().glob(f"engine-vllm{vllm}-torch{torch}-py*")):
+    for venv in sorted(engine_cache_dir().glob(f"engine-vllm{matrix_version()}-torch*-py*")):
         python = venv / "bin" / "python"
         if (venv / ".complete").is_file() and python.is_file():
             return str(python)
     return None
+
+
+@functools.cache
+def engine_vllm_version(python: str) -> str:
+    """vllm.__version__ in that engine venv (e.g. "0.9.2"), without a local "+cpu" suffix."""
+    out = subprocess.run(
+        [python, "-c", "import vllm; print('@@version', vllm.__version__)"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
+    (line,) = [line for line in out.splitlines() if line.startswith("@@version ")]
+    return line.split()[1].split("+")[0]
+
+
+def is_legacy(python: str) -> bool:
+    """vLLM before the upstream fixes our users' versions lack (0.8, 0.9): a too-long prompt is
+    a plain ValueError, and a rejected call leaves requests queued."""
+    major, minor = (int(n) for n in engine_vllm_version(python).split(".")[:2])
+    return (major, minor) < (0, 10)
 
 
 def require_engine_python() -> str:

@@ -228,6 +228,57 @@ def test_root_cause_prefers_a_meaningful_exception_over_the_generic_one():
     assert (
         worker.root_cause(ValueError("bad max_model_len"), text) == "ValueError: bad max_model_len"
     )
+    # vLLM 0.32: the reason comes from a worker process, behind its tag and a log header.
+    tagged = (
+        "(Worker pid=22079) ERROR 12-03 07:55:04 [multiproc_executor.py:953] ValueError: There "
+        "is no module or parameter named 'nurm' in MistralForCausalLM. The available " + "x" * 900
+    )
+    lines = [
+        tagged,
+        "Exception: WorkerProc initialization failed due to an exception in a "
+        "background process. See stack trace for root cause.",
+        str(generic),
+    ]
+    cause = worker.root_cause(generic, "\n".join(lines))
+    assert cause.startswith("ValueError: There is no module or parameter named 'nurm'")
+    assert len(cause) == worker.ROOT_CAUSE_MAX_CHARS and cause.endswith("…")
     assert worker.root_cause(generic, "") == (
         "RuntimeError: Engine core initialization failed. See root cause above."
     )
+
+
+def test_remote_status_shows_a_stalled_job_and_how_to_stop_it(remote, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cosmos_workflow.cli.app import app
+    from tests.upsample_env import write_config
+
+    frames = [remote.frame(320, 180)] * 2
+    items = [{"id": f"i{n}", "prompt": f"p{n}", "frames": frames} for n in range(2)]
+    job_dir = remote.job(items, job_id="0123456789abcdef", chunk_size=1, stall_timeout_s=1)
+    env = fake_engine_env(remote.engine_log, profile="0.8", dead_after=1)
+    cmd = [sys.executable, str(remote.root / "worker.py"), "run", str(job_dir)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (job_dir / "pid").write_text(f"{proc.pid}\n")  # as the launcher records it
+    config = write_config(
+        tmp_path / "config.toml",
+        {"remote": {"transport": "local"}, "paths": {"remote_dir": str(remote.root.parent)}},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if (job_dir / "status.json").exists() and status(job_dir)["state"] == "stalled":
+                break
+            time.sleep(0.1)
+        monkeypatch.setenv("COLUMNS", "250")
+        result = CliRunner().invoke(app, ["--config", str(config), "remote", "status"])
+        assert result.exit_code == 0, result.output
+        row = next(line for line in result.output.splitlines() if "0123456789abcdef" in line)
+        assert "stalled" in row and "no progress" in row
+        data = CliRunner().invoke(app, ["--config", str(config), "remote", "status", "--json"])
+        (job,) = json.loads(data.stdout)["jobs"]
+        assert job["state"] == "stalled" and job["alive"] is True
+        assert "cosmos remote cancel 0123456789abcdef" in job["error"]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)

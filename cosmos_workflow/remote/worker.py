@@ -432,8 +432,20 @@ def load_engine(vllm, model_dir: str, settings: dict):
 
 # What vLLM's V1 client raises when its engine process failed to start; the real reason was
 # printed by that process (to the job's stdout.log) just before.
-_SEE_ABOVE = ("root cause above", "Engine core initialization failed", "Failed core proc")
-_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception)): (\S.*)$")
+_SEE_ABOVE = (
+    "root cause",
+    "See stack trace",
+    "initialization failed",
+    "Failed core proc",
+    "background process",
+)
+# An exception line as vLLM's processes print it, maybe behind a process tag and a log header:
+# "(Worker pid=22079) ERROR 12-03 07:55:04 [multiproc_executor.py:953] ValueError: ..."
+_EXCEPTION_LINE = re.compile(
+    r"^(?:\([^)]*\)\s+)?(?:(?:DEBUG|INFO|WARNING|ERROR|CRITICAL)\s+[\d-]+\s+[\d:.]+\s+\[[^\]]*\]\s+)?"
+    r"(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception)): (\S.*)$"
+)
+ROOT_CAUSE_MAX_CHARS = 400
 
 
 def read_from(path: str, offset: int) -> str:
@@ -462,13 +474,14 @@ def root_cause(error: BaseException, output: str) -> str:
         current = current.__cause__ or current.__context__
     for line in reversed(output.splitlines()):
         match = _EXCEPTION_LINE.match(line.strip())
-        if match:
+        if match and not any(marker in line for marker in _SEE_ABOVE):
             candidates.insert(1, f"{match.group(1)}: {match.group(2)}")
             break
-    for text in candidates:
-        if not any(marker in text for marker in _SEE_ABOVE):
-            return " ".join(text.split())
-    return " ".join(candidates[0].split())
+    chosen = next((t for t in candidates if not any(m in t for m in _SEE_ABOVE)), candidates[0])
+    chosen = " ".join(chosen.split())
+    if len(chosen) > ROOT_CAUSE_MAX_CHARS:  # vLLM lists every parameter name in some of them
+        chosen = chosen[: ROOT_CAUSE_MAX_CHARS - 1] + "…"
+    return chosen
 
 
 def start_hint(cause: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import posixpath
 import shlex
+import time
 from pathlib import Path
 
 from ..errors import CosmosError, RemoteCommandError, TransferError
@@ -141,8 +142,11 @@ class RemoteMixin:
             state = status.get("state", "unknown")
             if cancelled == "cancelled" and alive != "alive":
                 state = "cancelled"
-            elif alive != "alive" and state in ("starting", "loading", "running"):
+            elif alive != "alive" and state in ("starting", "loading", "running", "stalled"):
                 state = "died"
+            error = status.get("error")
+            if state == "stalled" and not error:
+                error = _stalled_note(name, status.get("stalled_since"))
             jobs.append(
                 {
                     "job_id": name,
@@ -155,7 +159,8 @@ class RemoteMixin:
                     "started_at": status.get("started_at"),
                     "finished_at": status.get("finished_at"),
                     "heartbeat": status.get("heartbeat"),
-                    "error": status.get("error"),
+                    "stalled_since": status.get("stalled_since"),
+                    "error": error,
                 }
             )
         if job_id is not None and not jobs:
@@ -185,3 +190,14 @@ class RemoteMixin:
         container = runners.container_name(job_id) if settings.kind == "docker" else None
         with self.connect() as conn:
             conn.run(ShellCommand(jobctl.cancel(job, container, sudo=settings.sudo)))
+
+
+def _stalled_note(job_id: str, since) -> str:
+    """What a stalled job's row says: the worker lives, its engine has not moved for a while."""
+    minutes = ""
+    if isinstance(since, (int, float)):
+        minutes = f" for {max(time.time() - since, 0) / 60:.0f} min"
+    return (
+        f"the engine has made no progress{minutes} (hung?): `cosmos remote cancel {job_id}` "
+        "stops it; rerunning the command resumes the job"
+    )
