@@ -75,10 +75,23 @@ class RemoteMixin:
         return True
 
     def remote_check(self) -> dict:
-        """Run `worker.py check` on the host: Python, vLLM, GPUs, checkpoint files, free disk."""
+        """Run `worker.py check` on the host: Python, vLLM, GPUs, checkpoint files, free disk.
+
+        A `remote_dir` that is not a folder on the host is reported as the one problem, and
+        nothing is created there (a mistyped path must not become a new folder).
+        """
         runner = self.runner_settings()
         checkpoint_dir = self.engine_settings(self.budget()).checkpoint_dir
         with self.connect() as conn:
+            if not conn.run(["test", "-d", runner.remote_dir], check=False).ok:
+                return {
+                    "ready": False,
+                    "problems": [
+                        f"[paths] remote_dir {runner.remote_dir} is not a folder on the host: "
+                        "fix the path, or create the cosmos-transfer1 checkout there"
+                    ],
+                    "exit_code": 1,
+                }
             self.ensure_worker(conn, runner.root)
             command = runners.worker_command(
                 runner, "check", "check", "--json", "--checkpoint-dir", checkpoint_dir
@@ -159,11 +172,7 @@ class RemoteMixin:
                 }
             )
         if job_id is not None and not jobs:
-            raise CosmosError(
-                f"no job {job_id} on the host",
-                "`cosmos remote status` lists the jobs there",
-                code="job_not_found",
-            )
+            raise _no_such_job(job_id)
         return {"jobs": jobs, "gpus": gpus}
 
     def remote_logs(self, job_id: str, *, follow: bool = False, lines: int = 200, on_line=None):
@@ -171,11 +180,13 @@ class RemoteMixin:
         job = self._job_dir(job_id)
         collected: list[str] = []
         with self.connect() as conn:
-            conn.run(
+            result = conn.run(
                 ShellCommand(jobctl.logs(job, follow=follow, lines=lines)),
                 check=False,
                 on_stdout=on_line or collected.append,
             )
+        if result.exit_code == jobctl.NO_JOB_EXIT:
+            raise _no_such_job(job_id)
         return collected
 
     def remote_cancel(self, job_id: str) -> None:
@@ -185,3 +196,11 @@ class RemoteMixin:
         container = runners.container_name(job_id) if settings.kind == "docker" else None
         with self.connect() as conn:
             conn.run(ShellCommand(jobctl.cancel(job, container, sudo=settings.sudo)))
+
+
+def _no_such_job(job_id: str) -> CosmosError:
+    return CosmosError(
+        f"no job {job_id} on the host",
+        "`cosmos remote status` lists the jobs there",
+        code="job_not_found",
+    )
