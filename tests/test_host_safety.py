@@ -8,12 +8,16 @@ with real files on this machine standing in for the host's disk.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from typer.testing import CliRunner
 
 from cosmos_workflow.cli import app
+from cosmos_workflow.remote.base import Counters
+from cosmos_workflow.remote.transfer import cache_entry_name, upload_to_cache
 
+from .test_transfer import make_frames, sha256_of
 from .upsample_env import sshd_remote, stand_in_checkpoint, stand_in_worker, write_config
 
 runner = CliRunner()
@@ -104,3 +108,52 @@ def test_check_of_a_mistyped_remote_dir_reports_it_and_creates_nothing(configure
     table = runner.invoke(app, ["remote", "check"])
     assert table.exit_code == 1 and str(typo) in table.stdout
     assert not typo.parent.exists()
+
+
+# --- d: the host's frame cache is checked before it is reused ---------------------------------
+
+
+def damage(path, how: str) -> None:
+    """Change a cached file's bytes behind the cache's back."""
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "same size, other bytes":
+        path.write_bytes(bytes([data[0] ^ 0xFF]) + data[1:])
+    elif how == "emptied":
+        path.write_bytes(b"")
+
+
+@pytest.mark.parametrize("how", ["truncated", "same size, other bytes", "emptied"])
+def test_a_cached_frame_whose_bytes_changed_is_sent_again(connection, tmp_path, how):
+    cache = tmp_path / "host" / "cache"
+    files = make_frames(tmp_path / "frames", 3)
+    names = [cache_entry_name(p, sha) for p, sha in files]
+    upload_to_cache(connection, files, str(cache))
+    damage(cache / names[1], how)
+    before = connection.counters.snapshot()
+    result = upload_to_cache(connection, files, str(cache))
+    assert (result.sent, result.stale) == ([names[1]], [names[1]])
+    assert result.reused == [names[0], names[2]]
+    assert result.bytes_sent > 2048
+    for name in names:
+        assert sha256_of(cache / name) == name.split(".")[0]
+    assert sorted(os.listdir(cache)) == sorted(names)  # no temporary left behind
+    # hash (exec), archive (sftp), install (exec): the same as for a cold cache
+    assert connection.counters - before == Counters(exec=2, sftp=1, connect=0)
+    assert upload_to_cache(connection, files, str(cache)).sent == []
+
+
+def test_checking_the_cache_costs_the_same_for_one_frame_or_fifty(connection, tmp_path):
+    deltas = []
+    for count in (1, 50):
+        cache = tmp_path / f"cache{count}"
+        files = make_frames(tmp_path / f"frames{count}", count)
+        upload_to_cache(connection, files, str(cache))
+        for path, sha in files:  # every entry damaged: all of them go again
+            damage(cache / cache_entry_name(path, sha), "same size, other bytes")
+        before = connection.counters.snapshot()
+        result = upload_to_cache(connection, files, str(cache))
+        assert len(result.stale) == len(result.sent) == count
+        deltas.append(connection.counters - before)
+    assert deltas[0] == deltas[1] == Counters(exec=2, sftp=1, connect=0)

@@ -5,9 +5,10 @@ Writes are atomic: data goes to a hidden temporary name in the destination folde
 into place (SFTP posix-rename), so a reader sees the old file or the whole new one.
 
 The input cache (`<remote_root>/cache/<sha256><ext>`) is filled by `upload_to_cache` with a
-constant number of operations, whatever the number of files: one listing, one tar upload, one
+number of operations that does not grow with the number of files: one command that hashes the
+entries the host already has (one per CHECK_NAMES_PER_COMMAND entries), one tar upload, one
 command that verifies and installs. A cache entry only ever appears under its final name after
-its SHA-256 was checked on the host.
+its SHA-256 was checked on the host, and is only reused while its bytes still match its name.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import tarfile
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import TransferError
@@ -209,7 +210,9 @@ def cache_entry_name(local: str | os.PathLike, sha256: str) -> str:
 class CacheUploadResult:
     """Which cache entries were sent now and which the host already had (names, input order).
 
-    `bytes_sent` is the size of the one archive uploaded (0 if nothing was missing).
+    `stale` lists the entries the host had whose bytes no longer matched their name (cut,
+    damaged or replaced): they are among `sent`. `bytes_sent` is the size of the one archive
+    uploaded (0 if nothing was missing).
     """
 
     remote_cache_dir: str
@@ -217,6 +220,7 @@ class CacheUploadResult:
     reused: list[str]
     bytes_sent: int
     duration_s: float
+    stale: list[str] = field(default_factory=list)
 
     def remote_path(self, name: str) -> str:
         return posixpath.join(self.remote_cache_dir, name)
@@ -227,18 +231,19 @@ def upload_to_cache(
 ) -> CacheUploadResult:
     """Make sure the host's cache holds every `(local path, sha256)` in `files`.
 
-    Operations, whatever the number of files: one listing of `remote_cache_dir` (absolute
-    POSIX, created if missing); if anything is missing, one upload of an uncompressed tar of
-    the missing files and one command that unpacks it into a temporary folder inside the cache,
-    checks each file's SHA-256 against its name, and renames the verified files into place.
-    The archive and the temporary folder are removed whatever happens.
+    Operations, whatever the number of files: one command that hashes the entries already in
+    `remote_cache_dir` (absolute POSIX, created if missing; see `verified_cache_entries`); if
+    anything is missing or no longer matches its name, one upload of an uncompressed tar of
+    those files and one command that unpacks it into a temporary folder inside the cache,
+    checks each file's SHA-256 against its name, and renames the verified files into place
+    (over a damaged entry). The archive and the temporary folder are removed whatever happens.
     """
     clock = Stopwatch()
     cache_dir = check_remote_path(remote_cache_dir)
     entries: dict[str, Path] = {}
     for local, sha256 in files:
         entries.setdefault(cache_entry_name(local, sha256), Path(local))
-    present = set(conn.listdir(cache_dir, missing_ok=True)) if entries else set()
+    present, stale = verified_cache_entries(conn, cache_dir, list(entries))
     missing = [name for name in entries if name not in present]
     bytes_sent = 0
     if missing:
@@ -260,7 +265,47 @@ def upload_to_cache(
                 code="cache_verify_failed",
             )
     reused = [name for name in entries if name in present]
-    return CacheUploadResult(cache_dir, missing, reused, bytes_sent, clock.elapsed_s)
+    return CacheUploadResult(cache_dir, missing, reused, bytes_sent, clock.elapsed_s, stale)
+
+
+# Entry names per hashing command: a name is 69 characters, and the whole command travels as
+# one argument of the login shell (`sh -c TEXT`), which Linux caps at 128 KiB.
+CHECK_NAMES_PER_COMMAND = 1000
+
+# POSIX sh, run as `sh -c SCRIPT sh CACHE NAME...`: `<sha256>  <name>` for each named entry the
+# cache holds. A missing entry is no error (sha256sum exits 1); a missing sha256sum is (127).
+_HASH_SCRIPT = r"""cd -- "$1" 2>/dev/null || exit 0
+shift
+sha256sum -- "$@" 2>/dev/null
+[ "$?" -le 1 ]
+"""
+
+
+def verified_cache_entries(
+    conn: Host, cache_dir: str, names: list[str]
+) -> tuple[set[str], list[str]]:
+    """Which cache entry `names` the host holds with the bytes their name promises.
+
+    Returns `(verified names, stale names)`: stale entries exist but their SHA-256 differs from
+    their name (cut short, damaged, replaced), so they must be sent again. Hashing happens on
+    the host, in one command per CHECK_NAMES_PER_COMMAND names, so checking costs no extra
+    round trip per file. A missing `cache_dir` holds nothing.
+    """
+    verified: set[str] = set()
+    stale: list[str] = []
+    for start in range(0, len(names), CHECK_NAMES_PER_COMMAND):
+        chunk = names[start : start + CHECK_NAMES_PER_COMMAND]
+        result = conn.run(["sh", "-c", _HASH_SCRIPT, "sh", cache_dir, *chunk])
+        wanted = set(chunk)
+        for line in result.stdout.splitlines():
+            digest, _, name = line.partition("  ")
+            if name not in wanted:
+                continue
+            if digest == name.split(".", 1)[0]:
+                verified.add(name)
+            else:
+                stale.append(name)
+    return verified, stale
 
 
 def pack_cache_tar(entries: Mapping[str, Path], tar_path: Path) -> Path:
