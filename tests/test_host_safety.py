@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 
 import pytest
 from typer.testing import CliRunner
@@ -18,7 +19,14 @@ from cosmos_workflow.remote.base import Counters
 from cosmos_workflow.remote.transfer import cache_entry_name, upload_to_cache
 
 from .test_transfer import make_frames, sha256_of
-from .upsample_env import sshd_remote, stand_in_checkpoint, stand_in_worker, write_config
+from .upsample_env import (
+    engine_events,
+    seed_specs,
+    sshd_remote,
+    stand_in_checkpoint,
+    stand_in_worker,
+    write_config,
+)
 
 runner = CliRunner()
 
@@ -119,7 +127,7 @@ def damage(path, how: str) -> None:
     if how == "truncated":
         path.write_bytes(data[: len(data) // 2])
     elif how == "same size, other bytes":
-        path.write_bytes(bytes([data[0] ^ 0xFF]) + data[1:])
+        path.write_bytes(b"\0" + data[1:])  # a PNG starts with 0x89; stays damaged if repeated
     elif how == "emptied":
         path.write_bytes(b"")
 
@@ -157,3 +165,48 @@ def test_checking_the_cache_costs_the_same_for_one_frame_or_fifty(connection, tm
         assert len(result.stale) == len(result.sent) == count
         deltas.append(connection.counters - before)
     assert deltas[0] == deltas[1] == Counters(exec=2, sftp=1, connect=0)
+
+
+def upsample_json(*args, stale: int = 0) -> dict:
+    result = runner.invoke(app, ["upsample", *map(str, args), "--json"])
+    assert result.exit_code == 0, result.output
+    said = f"sent {stale} frame(s) again: the host's cached copy no longer matched its hash"
+    assert (said in result.stderr) == bool(stale), result.stderr
+    return json.loads(result.stdout)["data"]
+
+
+def test_upsample_resends_damaged_cached_frames_in_the_same_number_of_operations(
+    configure, workdir, host, tmp_path
+):
+    layout = host / "cosmos_workflow"
+    engine_log = tmp_path / "engine.jsonl"
+    first = upsample_json(seed_specs(workdir / "p0"), "--save-dir", workdir / "out")
+    assert first["counts"]["ok"] == 2
+    frames = sorted((layout / "cache").glob("*.png"))
+    assert len(frames) == 4
+
+    def damaged_run(names: list[str], tag: str) -> dict:
+        for frame in frames:
+            damage(frame, "same size, other bytes")
+        seen = len(engine_events(engine_log))
+        prompts = {name: f"{tag}: {name}" for name in names}
+        specs = seed_specs(workdir / tag, names, **prompts)
+        record = upsample_json(specs, "--save-dir", "out", stale=2 * len(names))
+        assert record["counts"]["ok"] == len(names)
+        assert record["bytes_sent"] >= record["bytes_to_send"] > 0
+        # The engine read the bytes each frame's name promises, not the damaged copies.
+        batch = json.loads((layout / "jobs" / record["job_id"] / "batch.json").read_text())
+        expected = {
+            item["prompt"]: [posixpath.basename(f).split(".")[0] for f in item["frames"]]
+            for item in batch["items"]
+        }
+        events = engine_events(engine_log)[seen:]
+        assert {e["prompt"]: e["image_sha256"] for e in events} == expected
+        assert len(expected) == len(names)
+        return record["ops"]
+
+    one = damaged_run(["office_handover"], "one item")
+    two = damaged_run(["office_handover", "robot_lab_night"], "two items")
+    assert one == two  # checking and re-sending cost no operation per item
+    for frame in frames:
+        assert sha256_of(frame) == frame.name.split(".")[0]
