@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import shutil
+import subprocess
 
 import pytest
 from typer.testing import CliRunner
@@ -210,3 +212,88 @@ def test_upsample_resends_damaged_cached_frames_in_the_same_number_of_operations
     assert one == two  # checking and re-sending cost no operation per item
     for frame in frames:
         assert sha256_of(frame) == frame.name.split(".")[0]
+
+
+# --- g: a full or read-only host ------------------------------------------------------------
+
+
+def mounted(folder, *mount_args: str):
+    """Mount something on `folder` (we are root in the sandbox); skip the test if we cannot."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", *mount_args, str(folder)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount here: {done.stderr.strip()}")
+    return folder
+
+
+@pytest.fixture
+def mounts():
+    """`mount(folder, *args)`: mounted for this test, unmounted at teardown."""
+    made = []
+
+    def mount(folder, *args):
+        made.append(mounted(folder, *args))
+        return folder
+
+    yield mount
+    for folder in reversed(made):
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def small_disk(mount, folder, size: str):
+    """`folder` on its own tmpfs of `size` bytes (k/m suffixes): a disk that fills for real."""
+    return mount(folder, "-t", "tmpfs", "-o", f"size={size}", "tmpfs")
+
+
+def read_only(mount, folder):
+    """`folder` bind-mounted onto itself read-only: writes fail with EROFS, even for root."""
+    mount(folder, "--bind", str(folder))
+    subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
+    return folder
+
+
+def no_temporaries(*folders) -> list[str]:
+    """Hidden or temporary leftovers (`.x.tmp`, `.upload-*.tar`, `.incoming-*`, probes)."""
+    return [
+        str(p)
+        for folder in folders
+        for p in folder.rglob("*")
+        if p.name.startswith(".") or p.name.endswith(".tmp") or p.name.endswith(".tar")
+    ]
+
+
+def test_a_full_host_disk_is_named_with_its_free_bytes_and_leaves_nothing(
+    configure, workdir, host, mounts
+):
+    small_disk(mounts, host, "600k")  # worker.py fits; the frames (1.9 MB) do not
+    configure()
+    prompts = seed_specs(workdir / "prompts")
+    before = {p: p.read_bytes() for p in prompts.iterdir()}
+    result = runner.invoke(app, ["upsample", str(prompts), "--save-dir", "out"])
+    assert result.exit_code == 4, result.output
+    error, hint = error_lines(result)[-2:]
+    free = shutil.disk_usage(host).free
+    cache = host / "cosmos_workflow" / "cache"
+    assert error.startswith(f"error: the host's disk is full: {free} bytes (")
+    assert f"free in {cache}, " in error and error.endswith(" bytes needed")
+    assert "size mismatch" not in result.stderr and "rebooted" not in result.stderr
+    assert hint.startswith("hint: free space on the host")
+    assert list(cache.iterdir()) == []
+    assert no_temporaries(host, workdir) == []
+    assert not (workdir / "out").exists() or list((workdir / "out").iterdir()) == []
+    assert {p: p.read_bytes() for p in prompts.iterdir()} == before
+
+
+def test_a_read_only_host_is_named_as_such_and_leaves_nothing(configure, workdir, host, mounts):
+    configure()
+    first = runner.invoke(app, ["upsample", str(seed_specs(workdir / "p1")), "--save-dir", "o"])
+    assert first.exit_code == 0, first.output
+    read_only(mounts, host)
+    prompts = seed_specs(workdir / "p2", ["office_handover"], office_handover="a new prompt")
+    result = runner.invoke(app, ["upsample", str(prompts), "--save-dir", "out"])
+    assert result.exit_code == 4, result.output
+    error, hint = error_lines(result)[-2:]
+    assert error.startswith(f"error: the host's {host}")
+    assert error.endswith("is on a read-only file system: nothing can be written there")
+    assert hint == "hint: remount it read-write, or set [paths] remote_dir to a writable folder"
+    assert no_temporaries(host, workdir) == []

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import TransferError
+from ..errors import SSHError, TransferError
 from .base import (
     Counters,
     Host,
@@ -60,6 +60,82 @@ def download_atomically(local: Path, fetch: Callable[[str], object]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+# A failed write with less than this free is put down to a full disk: a file system at the
+# last megabyte fails writes (logs, status files) before it reports 0 bytes free.
+LOW_FREE_BYTES = 1 << 20
+
+# POSIX sh, run as `sh -c SCRIPT sh PATH`: the nearest existing folder of PATH, its free KiB
+# (df -P), and whether a new empty file can be made there (the shell's own error if not).
+_SPACE_SCRIPT = r"""d=$1
+while [ ! -d "$d" ]; do d=$(dirname -- "$d"); done
+printf '%s\n' "$d"
+df -Pk -- "$d" | tail -n 1
+probe="$d/.cosmos-write-test-$$"
+if msg=$( { : > "$probe"; } 2>&1 ); then rm -f -- "$probe"; echo writable; else echo "$msg"; fi
+"""
+
+
+def storage_problem(
+    conn: Host, path: str, needed_bytes: int = 0, error_text: str = ""
+) -> TransferError | None:
+    """After a write under `path` failed: the error naming a full or read-only host disk, or
+    None when the disk is not why (the caller keeps its own error).
+
+    One command on the host. "Full" means under `needed_bytes` + LOW_FREE_BYTES free, or the
+    failure's own `error_text` saying so (a disk can be full of inodes, or over quota).
+    """
+    try:
+        result = conn.run(["sh", "-c", _SPACE_SCRIPT, "sh", path], check=False)
+    except SSHError:
+        return None
+    lines = result.stdout.splitlines()
+    if len(lines) < 3:
+        return None
+    folder, df_line, write_test = lines[0], lines[1], " ".join(lines[2:])
+    fields = df_line.split()
+    free = int(fields[3]) * 1024 if len(fields) >= 4 and fields[3].isdigit() else None
+    said = f"{error_text} {write_test}"
+    free_text = (
+        f"{free} bytes ({free / 2**20:.1f} MiB) free" if free is not None else "free space unknown"
+    )
+    if "Read-only file system" in said:
+        return TransferError(
+            f"the host's {folder} is on a read-only file system: nothing can be written there",
+            "remount it read-write, or set [paths] remote_dir to a writable folder",
+            code="host_read_only",
+        )
+    quota = "Disk quota exceeded" in said
+    if (
+        quota
+        or "No space left on device" in said
+        or (free is not None and free < needed_bytes + LOW_FREE_BYTES)
+    ):
+        what = "the SSH user's disk quota is used up" if quota else "the host's disk is full"
+        return TransferError(
+            f"{what}: {free_text} in {folder}, {needed_bytes} bytes needed",
+            "free space on the host (old jobs in <remote_dir>/cosmos_workflow/jobs can go), or "
+            "set [paths] remote_dir to a bigger disk",
+            code="host_disk_full",
+        )
+    return None
+
+
+@contextlib.contextmanager
+def storage_errors(conn: Host, path: str, needed_bytes: int) -> Iterator[None]:
+    """Turn a write under `path` that failed for no stated reason (SFTP v3 reports a full or
+    read-only disk as a bare "Failure", paramiko as "size mismatch in put") into the error
+    naming the disk, when the disk is why."""
+    try:
+        yield
+    except TransferError as e:
+        if e.code != "transfer":
+            raise
+        problem = storage_problem(conn, path, needed_bytes, e.message)
+        if problem is None:
+            raise
+        raise problem from e
 
 
 def require_local_file(path: Path) -> None:
@@ -104,7 +180,10 @@ class SFTPOperations:
         local, remote = Path(local), check_remote_path(remote)
         require_local_file(local)
         clock = Stopwatch()
-        with self._file_op("upload to", remote) as sftp:
+        with (
+            storage_errors(self, remote, local.stat().st_size),
+            self._file_op("upload to", remote) as sftp,
+        ):
             size = self._upload_atomically(
                 sftp, remote, lambda tmp: sftp.put(str(local), tmp, confirm=True).st_size
             )
@@ -114,7 +193,7 @@ class SFTPOperations:
         """Write `data` to absolute POSIX path `remote` atomically; parent folders are created."""
         remote = check_remote_path(remote)
         clock = Stopwatch()
-        with self._file_op("write", remote) as sftp:
+        with storage_errors(self, remote, len(data)), self._file_op("write", remote) as sftp:
             size = self._upload_atomically(
                 sftp, remote, lambda tmp: sftp.putfo(io.BytesIO(data), tmp, confirm=True).st_size
             )
@@ -160,7 +239,7 @@ class SFTPOperations:
     def mkdirs(self, remote: str) -> None:
         """Create folder `remote` (absolute POSIX) and its parents; fine if it exists."""
         remote = check_remote_path(remote)
-        with self._file_op("create folder", remote) as sftp:
+        with storage_errors(self, remote, 0), self._file_op("create folder", remote) as sftp:
             _makedirs(sftp, remote)
 
     def remove(self, remote: str, *, missing_ok: bool = True) -> None:
@@ -256,6 +335,9 @@ def upload_to_cache(
             cache_install_command(cache_dir, remote_tar, len(missing), token), check=False
         )
         if not result.ok:
+            problem = storage_problem(conn, cache_dir, bytes_sent, result.stderr)
+            if problem is not None:
+                raise problem
             tail = [line for line in result.stderr.splitlines() if line.strip()][-3:]
             raise TransferError(
                 f"the host rejected the upload to {cache_dir}: "

@@ -12,6 +12,7 @@ from ..fsutil import sha256_file
 from ..remote import jobctl
 from ..remote import runner as runners
 from ..remote.base import ShellCommand
+from ..remote.transfer import storage_problem
 
 
 class RemoteMixin:
@@ -61,6 +62,9 @@ class RemoteMixin:
         )
         result = conn.run(ShellCommand(command), check=False)
         if result.exit_code != 0:
+            problem = storage_problem(conn, root, 0, result.stderr)
+            if problem is not None:
+                raise problem
             reason = (result.stderr.strip().splitlines() or ["mkdir failed"])[-1]
             raise TransferError(
                 f"cannot create {root} on the host: {reason.rsplit(': ', 1)[-1]}",
