@@ -7,11 +7,15 @@ with real files on this machine standing in for the host's disk.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
 import shutil
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -23,6 +27,7 @@ from cosmos_workflow.remote.transfer import cache_entry_name, upload_to_cache
 from .test_transfer import make_frames, sha256_of
 from .upsample_env import (
     engine_events,
+    many_specs,
     seed_specs,
     sshd_remote,
     stand_in_checkpoint,
@@ -297,3 +302,55 @@ def test_a_read_only_host_is_named_as_such_and_leaves_nothing(configure, workdir
     assert error.endswith("is on a read-only file system: nothing can be written there")
     assert hint == "hint: remount it read-write, or set [paths] remote_dir to a writable folder"
     assert no_temporaries(host, workdir) == []
+
+
+def test_a_disk_that_fills_while_the_worker_runs_is_named_not_a_reboot(
+    configure, workdir, host, mounts
+):
+    small_disk(mounts, host, "8m")
+    configure(delay_s=0.3, chunk_size=1)
+    prompts = many_specs(workdir / "prompts", 6)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cosmos_workflow",
+            "upsample",
+            str(prompts),
+            "--save-dir",
+            "out",
+            "--json",
+        ],
+        cwd=workdir,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    jobs = host / "cosmos_workflow" / "jobs"
+    deadline = time.monotonic() + 30
+    while not any(r.stat().st_size for r in jobs.glob("*/results.jsonl")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+        time.sleep(0.05)
+    with open(host / "filler", "wb") as filler, contextlib.suppress(OSError):
+        while True:  # until the tmpfs says ENOSPC
+            filler.write(b"\0" * 65536)
+            filler.flush()
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1, stderr  # some items failed; the finished ones are kept
+    record = json.loads(stdout)["data"]
+    failed = [item for item in record["items"] if item["status"] == "failed"]
+    assert failed and record["counts"]["ok"] >= 1
+    free = shutil.disk_usage(host).free
+    for item in failed:
+        error = item["error"]
+        assert error["code"] == "host_disk_full"
+        assert error["message"].startswith("the worker ")
+        assert f"the host's disk is full: {free} bytes (" in error["message"]
+        assert f"free in {host}/cosmos_workflow/jobs/{record['job_id']}" in error["message"]
+        assert "rebooted" not in error["message"]
+        assert error["hint"].startswith("free space on the host")
+        assert error["hint"].endswith("rerun the same command to resume (finished items are kept)")
+    for item in record["items"]:
+        if item["status"] == "ok":
+            assert Path(item["output"]).is_file()

@@ -114,7 +114,8 @@ def storage_problem(
     ):
         what = "the SSH user's disk quota is used up" if quota else "the host's disk is full"
         return TransferError(
-            f"{what}: {free_text} in {folder}, {needed_bytes} bytes needed",
+            f"{what}: {free_text} in {folder}"
+            + (f", {needed_bytes} bytes needed" if needed_bytes else ""),
             "free space on the host (old jobs in <remote_dir>/cosmos_workflow/jobs can go), or "
             "set [paths] remote_dir to a bigger disk",
             code="host_disk_full",
