@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from ..errors import CosmosError
 from .common import orchestrator
 from .output import err, handle_errors, out, print_json
 
@@ -54,6 +56,14 @@ def trust(
     if not yes and not json_output:
         info = orch.host_key()
         err.print(f"{info.host} presents a {info.key_type} key {info.fingerprint_sha256}")
+        if not sys.stdin.isatty():
+            # typer.confirm would read EOF from a pipe and abort with a bare "Aborted!".
+            raise CosmosError(
+                "cannot ask whether to trust this key: standard input is not a terminal",
+                "compare the fingerprint above with the one your provider shows, then run "
+                "`cosmos remote trust --yes`",
+                code="confirmation_needed",
+            )
         if not typer.confirm("Trust this key and record it in known_hosts?", err=True):
             raise typer.Exit(1)
     info = orch.trust_host()

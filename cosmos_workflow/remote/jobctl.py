@@ -21,6 +21,8 @@ import posixpath
 import shlex
 
 EXIT_PREFIX = "@@cosmos-exit "
+# `logs` exits with this when the job folder does not exist (tail itself exits 1).
+NO_JOB_EXIT = 3
 # Seconds between tail's checks of the worker's pid (GNU tail --pid); the default is 1 s.
 _FOLLOW_POLL_S = "0.2"
 
@@ -97,12 +99,16 @@ def status(root: str, job_id: str | None = None) -> str:
 
 
 def logs(job: str, *, follow: bool = False, lines: int = 200) -> str:
-    """The worker's log: the last `lines`, or followed until the worker ends."""
+    """The worker's log: the last `lines`, or followed until the worker ends.
+
+    Exits NO_JOB_EXIT, creating nothing, when the job folder does not exist.
+    """
     q = shlex.quote
     log = posixpath.join(job, "worker.log")
+    exists = f"[ -d {q(job)} ] || exit {NO_JOB_EXIT}; "
     if not follow:
-        return f"tail -n {int(lines)} {q(log)}"
-    return (
+        return exists + f"tail -n {int(lines)} {q(log)}"
+    return exists + (
         f"cd {q(job)} && touch worker.log && "
         f"if {_alive('pid')}; then tail -n {int(lines)} -s {_FOLLOW_POLL_S} "
         f'--pid="$(cat pid)" -F worker.log 2>/dev/null; else tail -n {int(lines)} worker.log; fi'

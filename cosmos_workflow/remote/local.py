@@ -32,7 +32,12 @@ from .base import (
     command_timed_out,
     file_errors,
 )
-from .transfer import download_atomically, local_temporary, require_local_file
+from .transfer import (
+    download_atomically,
+    local_temporary,
+    require_local_file,
+    storage_errors,
+)
 
 _READ_SIZE = 1 << 16
 
@@ -145,7 +150,7 @@ class LocalConnection:
         local, remote = Path(local), check_remote_path(remote)
         require_local_file(local)
         clock = Stopwatch()
-        with self._file_op("upload to", remote):
+        with storage_errors(self, remote, local.stat().st_size), self._file_op("upload to", remote):
             size = self._write_atomically(remote, lambda tmp: shutil.copyfile(local, tmp))
         return TransferResult(local, remote, size, clock.elapsed_s)
 
@@ -153,7 +158,7 @@ class LocalConnection:
         """Write `data` to absolute path `remote` atomically; parent folders are created."""
         remote = check_remote_path(remote)
         clock = Stopwatch()
-        with self._file_op("write", remote):
+        with storage_errors(self, remote, len(data)), self._file_op("write", remote):
             size = self._write_atomically(remote, lambda tmp: tmp.write_bytes(data))
         return TransferResult(None, remote, size, clock.elapsed_s)
 
@@ -191,7 +196,7 @@ class LocalConnection:
     def mkdirs(self, remote: str) -> None:
         """Create folder `remote` and its parents; fine if it exists."""
         remote = check_remote_path(remote)
-        with self._file_op("create folder", remote):
+        with storage_errors(self, remote, 0), self._file_op("create folder", remote):
             os.makedirs(remote, exist_ok=True)
 
     def remove(self, remote: str, *, missing_ok: bool = True) -> None:

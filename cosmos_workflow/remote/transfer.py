@@ -5,9 +5,10 @@ Writes are atomic: data goes to a hidden temporary name in the destination folde
 into place (SFTP posix-rename), so a reader sees the old file or the whole new one.
 
 The input cache (`<remote_root>/cache/<sha256><ext>`) is filled by `upload_to_cache` with a
-constant number of operations, whatever the number of files: one listing, one tar upload, one
+number of operations that does not grow with the number of files: one command that hashes the
+entries the host already has (one per CHECK_NAMES_PER_COMMAND entries), one tar upload, one
 command that verifies and installs. A cache entry only ever appears under its final name after
-its SHA-256 was checked on the host.
+its SHA-256 was checked on the host, and is only reused while its bytes still match its name.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import tarfile
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import TransferError
+from ..errors import SSHError, TransferError
 from .base import (
     Counters,
     Host,
@@ -59,6 +60,83 @@ def download_atomically(local: Path, fetch: Callable[[str], object]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+# A failed write with less than this free is put down to a full disk: a file system at the
+# last megabyte fails writes (logs, status files) before it reports 0 bytes free.
+LOW_FREE_BYTES = 1 << 20
+
+# POSIX sh, run as `sh -c SCRIPT sh PATH`: the nearest existing folder of PATH, its free KiB
+# (df -P), and whether a new empty file can be made there (the shell's own error if not).
+_SPACE_SCRIPT = r"""d=$1
+while [ ! -d "$d" ]; do d=$(dirname -- "$d"); done
+printf '%s\n' "$d"
+df -Pk -- "$d" | tail -n 1
+probe="$d/.cosmos-write-test-$$"
+if msg=$( { : > "$probe"; } 2>&1 ); then rm -f -- "$probe"; echo writable; else echo "$msg"; fi
+"""
+
+
+def storage_problem(
+    conn: Host, path: str, needed_bytes: int = 0, error_text: str = ""
+) -> TransferError | None:
+    """After a write under `path` failed: the error naming a full or read-only host disk, or
+    None when the disk is not why (the caller keeps its own error).
+
+    One command on the host. "Full" means under `needed_bytes` + LOW_FREE_BYTES free, or the
+    failure's own `error_text` saying so (a disk can be full of inodes, or over quota).
+    """
+    try:
+        result = conn.run(["sh", "-c", _SPACE_SCRIPT, "sh", path], check=False)
+    except SSHError:
+        return None
+    lines = result.stdout.splitlines()
+    if len(lines) < 3:
+        return None
+    folder, df_line, write_test = lines[0], lines[1], " ".join(lines[2:])
+    fields = df_line.split()
+    free = int(fields[3]) * 1024 if len(fields) >= 4 and fields[3].isdigit() else None
+    said = f"{error_text} {write_test}"
+    free_text = (
+        f"{free} bytes ({free / 2**20:.1f} MiB) free" if free is not None else "free space unknown"
+    )
+    if "Read-only file system" in said:
+        return TransferError(
+            f"the host's {folder} is on a read-only file system: nothing can be written there",
+            "remount it read-write, or set [paths] remote_dir to a writable folder",
+            code="host_read_only",
+        )
+    quota = "Disk quota exceeded" in said
+    if (
+        quota
+        or "No space left on device" in said
+        or (free is not None and free < needed_bytes + LOW_FREE_BYTES)
+    ):
+        what = "the SSH user's disk quota is used up" if quota else "the host's disk is full"
+        return TransferError(
+            f"{what}: {free_text} in {folder}"
+            + (f", {needed_bytes} bytes needed" if needed_bytes else ""),
+            "free space on the host (old jobs in <remote_dir>/cosmos_workflow/jobs can go), or "
+            "set [paths] remote_dir to a bigger disk",
+            code="host_disk_full",
+        )
+    return None
+
+
+@contextlib.contextmanager
+def storage_errors(conn: Host, path: str, needed_bytes: int) -> Iterator[None]:
+    """Turn a write under `path` that failed for no stated reason (SFTP v3 reports a full or
+    read-only disk as a bare "Failure", paramiko as "size mismatch in put") into the error
+    naming the disk, when the disk is why."""
+    try:
+        yield
+    except TransferError as e:
+        if e.code != "transfer":
+            raise
+        problem = storage_problem(conn, path, needed_bytes, e.message)
+        if problem is None:
+            raise
+        raise problem from e
 
 
 def require_local_file(path: Path) -> None:
@@ -103,7 +181,10 @@ class SFTPOperations:
         local, remote = Path(local), check_remote_path(remote)
         require_local_file(local)
         clock = Stopwatch()
-        with self._file_op("upload to", remote) as sftp:
+        with (
+            storage_errors(self, remote, local.stat().st_size),
+            self._file_op("upload to", remote) as sftp,
+        ):
             size = self._upload_atomically(
                 sftp, remote, lambda tmp: sftp.put(str(local), tmp, confirm=True).st_size
             )
@@ -113,7 +194,7 @@ class SFTPOperations:
         """Write `data` to absolute POSIX path `remote` atomically; parent folders are created."""
         remote = check_remote_path(remote)
         clock = Stopwatch()
-        with self._file_op("write", remote) as sftp:
+        with storage_errors(self, remote, len(data)), self._file_op("write", remote) as sftp:
             size = self._upload_atomically(
                 sftp, remote, lambda tmp: sftp.putfo(io.BytesIO(data), tmp, confirm=True).st_size
             )
@@ -159,7 +240,7 @@ class SFTPOperations:
     def mkdirs(self, remote: str) -> None:
         """Create folder `remote` (absolute POSIX) and its parents; fine if it exists."""
         remote = check_remote_path(remote)
-        with self._file_op("create folder", remote) as sftp:
+        with storage_errors(self, remote, 0), self._file_op("create folder", remote) as sftp:
             _makedirs(sftp, remote)
 
     def remove(self, remote: str, *, missing_ok: bool = True) -> None:
@@ -209,7 +290,9 @@ def cache_entry_name(local: str | os.PathLike, sha256: str) -> str:
 class CacheUploadResult:
     """Which cache entries were sent now and which the host already had (names, input order).
 
-    `bytes_sent` is the size of the one archive uploaded (0 if nothing was missing).
+    `stale` lists the entries the host had whose bytes no longer matched their name (cut,
+    damaged or replaced): they are among `sent`. `bytes_sent` is the size of the one archive
+    uploaded (0 if nothing was missing).
     """
 
     remote_cache_dir: str
@@ -217,6 +300,7 @@ class CacheUploadResult:
     reused: list[str]
     bytes_sent: int
     duration_s: float
+    stale: list[str] = field(default_factory=list)
 
     def remote_path(self, name: str) -> str:
         return posixpath.join(self.remote_cache_dir, name)
@@ -227,18 +311,19 @@ def upload_to_cache(
 ) -> CacheUploadResult:
     """Make sure the host's cache holds every `(local path, sha256)` in `files`.
 
-    Operations, whatever the number of files: one listing of `remote_cache_dir` (absolute
-    POSIX, created if missing); if anything is missing, one upload of an uncompressed tar of
-    the missing files and one command that unpacks it into a temporary folder inside the cache,
-    checks each file's SHA-256 against its name, and renames the verified files into place.
-    The archive and the temporary folder are removed whatever happens.
+    Operations, whatever the number of files: one command that hashes the entries already in
+    `remote_cache_dir` (absolute POSIX, created if missing; see `verified_cache_entries`); if
+    anything is missing or no longer matches its name, one upload of an uncompressed tar of
+    those files and one command that unpacks it into a temporary folder inside the cache,
+    checks each file's SHA-256 against its name, and renames the verified files into place
+    (over a damaged entry). The archive and the temporary folder are removed whatever happens.
     """
     clock = Stopwatch()
     cache_dir = check_remote_path(remote_cache_dir)
     entries: dict[str, Path] = {}
     for local, sha256 in files:
         entries.setdefault(cache_entry_name(local, sha256), Path(local))
-    present = set(conn.listdir(cache_dir, missing_ok=True)) if entries else set()
+    present, stale = verified_cache_entries(conn, cache_dir, list(entries))
     missing = [name for name in entries if name not in present]
     bytes_sent = 0
     if missing:
@@ -251,6 +336,9 @@ def upload_to_cache(
             cache_install_command(cache_dir, remote_tar, len(missing), token), check=False
         )
         if not result.ok:
+            problem = storage_problem(conn, cache_dir, bytes_sent, result.stderr)
+            if problem is not None:
+                raise problem
             tail = [line for line in result.stderr.splitlines() if line.strip()][-3:]
             raise TransferError(
                 f"the host rejected the upload to {cache_dir}: "
@@ -260,7 +348,47 @@ def upload_to_cache(
                 code="cache_verify_failed",
             )
     reused = [name for name in entries if name in present]
-    return CacheUploadResult(cache_dir, missing, reused, bytes_sent, clock.elapsed_s)
+    return CacheUploadResult(cache_dir, missing, reused, bytes_sent, clock.elapsed_s, stale)
+
+
+# Entry names per hashing command: a name is 69 characters, and the whole command travels as
+# one argument of the login shell (`sh -c TEXT`), which Linux caps at 128 KiB.
+CHECK_NAMES_PER_COMMAND = 1000
+
+# POSIX sh, run as `sh -c SCRIPT sh CACHE NAME...`: `<sha256>  <name>` for each named entry the
+# cache holds. A missing entry is no error (sha256sum exits 1); a missing sha256sum is (127).
+_HASH_SCRIPT = r"""cd -- "$1" 2>/dev/null || exit 0
+shift
+sha256sum -- "$@" 2>/dev/null
+[ "$?" -le 1 ]
+"""
+
+
+def verified_cache_entries(
+    conn: Host, cache_dir: str, names: list[str]
+) -> tuple[set[str], list[str]]:
+    """Which cache entry `names` the host holds with the bytes their name promises.
+
+    Returns `(verified names, stale names)`: stale entries exist but their SHA-256 differs from
+    their name (cut short, damaged, replaced), so they must be sent again. Hashing happens on
+    the host, in one command per CHECK_NAMES_PER_COMMAND names, so checking costs no extra
+    round trip per file. A missing `cache_dir` holds nothing.
+    """
+    verified: set[str] = set()
+    stale: list[str] = []
+    for start in range(0, len(names), CHECK_NAMES_PER_COMMAND):
+        chunk = names[start : start + CHECK_NAMES_PER_COMMAND]
+        result = conn.run(["sh", "-c", _HASH_SCRIPT, "sh", cache_dir, *chunk])
+        wanted = set(chunk)
+        for line in result.stdout.splitlines():
+            digest, _, name = line.partition("  ")
+            if name not in wanted:
+                continue
+            if digest == name.split(".", 1)[0]:
+                verified.add(name)
+            else:
+                stale.append(name)
+    return verified, stale
 
 
 def pack_cache_tar(entries: Mapping[str, Path], tar_path: Path) -> Path:

@@ -12,6 +12,7 @@ from typing import TypeVar
 from ..errors import CosmosError, SSHError, WorkerError
 from ..remote import jobctl
 from ..remote.base import ShellCommand
+from ..remote.transfer import storage_problem
 from .jobs import parse_progress
 
 # SSH failures worth a reconnect: the network, not the settings (host keys, auth, paths).
@@ -112,6 +113,14 @@ def follow_worker(
             "rerun the same command to resume: finished items are kept",
             code="cancelled",
         )
+    # A worker that cannot write its results or exit code looks killed: ask the disk first.
+    disk = storage_problem(conn, job_dir)
+    if disk is not None:
+        return WorkerError(
+            _worker_failure(exit_text, disk.message, lost="the host could not store it"),
+            f"{disk.hint}; then rerun the same command to resume (finished items are kept)",
+            code=disk.code,
+        )
     return WorkerError(
         _worker_failure(exit_text, _status_error(conn, job_dir)),
         f"see {posixpath.join(job_dir, 'worker.log')} on the host; rerun the same "
@@ -130,10 +139,12 @@ def _status_error(conn, job_dir: str) -> str | None:
     return " ".join(str(error).split()) if error else None
 
 
-def _worker_failure(exit_text: str | None, reason: str | None) -> str:
+def _worker_failure(
+    exit_text: str | None, reason: str | None, lost: str = "killed, or the host rebooted"
+) -> str:
     """One line: how the worker ended, and why when it said so."""
     if exit_text is None or not exit_text.isdigit():
-        message = "the worker stopped without an exit status (killed, or the host rebooted)"
+        message = f"the worker stopped without an exit status ({lost})"
     elif int(exit_text) > 128 and int(exit_text) - 128 in signal.Signals._value2member_map_:
         name = signal.Signals(int(exit_text) - 128).name
         message = f"the worker was killed by {name} (exit code {exit_text})"

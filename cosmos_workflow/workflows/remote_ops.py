@@ -13,6 +13,7 @@ from ..fsutil import sha256_file
 from ..remote import jobctl
 from ..remote import runner as runners
 from ..remote.base import ShellCommand
+from ..remote.transfer import storage_problem
 
 
 class RemoteMixin:
@@ -62,6 +63,9 @@ class RemoteMixin:
         )
         result = conn.run(ShellCommand(command), check=False)
         if result.exit_code != 0:
+            problem = storage_problem(conn, root, 0, result.stderr)
+            if problem is not None:
+                raise problem
             reason = (result.stderr.strip().splitlines() or ["mkdir failed"])[-1]
             raise TransferError(
                 f"cannot create {root} on the host: {reason.rsplit(': ', 1)[-1]}",
@@ -76,10 +80,23 @@ class RemoteMixin:
         return True
 
     def remote_check(self) -> dict:
-        """Run `worker.py check` on the host: Python, vLLM, GPUs, checkpoint files, free disk."""
+        """Run `worker.py check` on the host: Python, vLLM, GPUs, checkpoint files, free disk.
+
+        A `remote_dir` that is not a folder on the host is reported as the one problem, and
+        nothing is created there (a mistyped path must not become a new folder).
+        """
         runner = self.runner_settings()
         checkpoint_dir = self.engine_settings(self.budget()).checkpoint_dir
         with self.connect() as conn:
+            if not conn.run(["test", "-d", runner.remote_dir], check=False).ok:
+                return {
+                    "ready": False,
+                    "problems": [
+                        f"[paths] remote_dir {runner.remote_dir} is not a folder on the host: "
+                        "fix the path, or create the cosmos-transfer1 checkout there"
+                    ],
+                    "exit_code": 1,
+                }
             self.ensure_worker(conn, runner.root)
             command = runners.worker_command(
                 runner, "check", "check", "--json", "--checkpoint-dir", checkpoint_dir
@@ -164,11 +181,7 @@ class RemoteMixin:
                 }
             )
         if job_id is not None and not jobs:
-            raise CosmosError(
-                f"no job {job_id} on the host",
-                "`cosmos remote status` lists the jobs there",
-                code="job_not_found",
-            )
+            raise _no_such_job(job_id)
         return {"jobs": jobs, "gpus": gpus}
 
     def remote_logs(self, job_id: str, *, follow: bool = False, lines: int = 200, on_line=None):
@@ -176,11 +189,13 @@ class RemoteMixin:
         job = self._job_dir(job_id)
         collected: list[str] = []
         with self.connect() as conn:
-            conn.run(
+            result = conn.run(
                 ShellCommand(jobctl.logs(job, follow=follow, lines=lines)),
                 check=False,
                 on_stdout=on_line or collected.append,
             )
+        if result.exit_code == jobctl.NO_JOB_EXIT:
+            raise _no_such_job(job_id)
         return collected
 
     def remote_cancel(self, job_id: str) -> None:
@@ -200,4 +215,12 @@ def _stalled_note(job_id: str, since) -> str:
     return (
         f"the engine has made no progress{minutes} (hung?): `cosmos remote cancel {job_id}` "
         "stops it; rerunning the command resumes the job"
+    )
+
+
+def _no_such_job(job_id: str) -> CosmosError:
+    return CosmosError(
+        f"no job {job_id} on the host",
+        "`cosmos remote status` lists the jobs there",
+        code="job_not_found",
     )

@@ -263,6 +263,12 @@ class UpsampleMixin:
                 conn, [(path, sha) for sha, path in frames.items()], posixpath.join(root, "cache")
             )
             record.bytes_sent += upload.bytes_sent
+            if upload.stale:
+                on_event(
+                    "stage",
+                    message=f"sent {len(upload.stale)} frame(s) again: the host's cached copy "
+                    "no longer matched its hash",
+                )
             conn.write_bytes(
                 posixpath.join(job_dir, "batch.json"), batch_json(record.job_id, staged, engine)
             )
