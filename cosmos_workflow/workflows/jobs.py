@@ -85,6 +85,7 @@ class EngineSettings:
     tensor_parallel_size: int = 1
     enable_prefix_caching: bool = True
     enforce_eager: bool = False
+    gpu_memory_utilization: float = 0.98
     checkpoint_dir: str | None = None
     model: str | None = None
     chunk_size: int = 64
