@@ -12,6 +12,7 @@ from ..fsutil import sha256_file
 from ..remote import jobctl
 from ..remote import runner as runners
 from ..remote.base import ShellCommand
+from .jobs import parse_check_report
 
 
 class RemoteMixin:
@@ -75,23 +76,31 @@ class RemoteMixin:
         return True
 
     def remote_check(self) -> dict:
-        """Run `worker.py check` on the host: Python, vLLM, GPUs, checkpoint files, free disk."""
+        """Run `worker.py check` on the host (in the Docker image, or with the direct runner's
+        Python): Python, vLLM and its compiled extension, torch and the GPUs it sees,
+        transformers, the checkpoint files, free disk."""
         runner = self.runner_settings()
         checkpoint_dir = self.engine_settings(self.budget()).checkpoint_dir
+        min_free_gib = f"{self.config.worker.min_free_disk_gib:g}"
         with self.connect() as conn:
             self.ensure_worker(conn, runner.root)
             command = runners.worker_command(
-                runner, "check", "check", "--json", "--checkpoint-dir", checkpoint_dir
+                runner,
+                "check",
+                *("check", "--json", "--checkpoint-dir", checkpoint_dir),
+                *("--min-free-gib", min_free_gib),
             )
             result = conn.run(ShellCommand(command), check=False)
-        try:
-            report = json.loads(result.stdout)
-        except json.JSONDecodeError:
+        report = parse_check_report(result.stdout)
+        if report is None:
+            sudo_error = runners.sudo_password_error(result.stderr.splitlines())
+            if sudo_error is not None:
+                raise sudo_error
             raise RemoteCommandError(
                 f"`worker.py check` exited with code {result.exit_code} and printed no report",
                 "see its stderr: " + (result.stderr.strip().splitlines() or ["(empty)"])[-1],
                 result=result,
-            ) from None
+            )
         report["exit_code"] = result.exit_code
         return report
 
