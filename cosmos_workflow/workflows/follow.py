@@ -6,12 +6,14 @@ import json
 import posixpath
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TypeVar
 
 from ..errors import CosmosError, SSHError, WorkerError
 from ..remote import jobctl
 from ..remote.base import ShellCommand
+from ..remote.runner import sudo_password_error
 from .jobs import parse_progress
 
 # SSH failures worth a reconnect: the network, not the settings (host keys, auth, paths).
@@ -79,6 +81,8 @@ def follow_worker(
     """
     seen = 0
     exit_text = None
+    # The last log lines: what the launch itself said when it failed (sudo, docker).
+    last_lines: deque[str] = deque(maxlen=20)
 
     def on_stdout(line: str) -> None:
         nonlocal seen, exit_text
@@ -90,6 +94,7 @@ def follow_worker(
         if progress is not None:
             on_event("progress", **progress)
         else:
+            last_lines.append(line)
             on_event("log", line=line)
 
     def stream() -> None:
@@ -112,6 +117,9 @@ def follow_worker(
             "rerun the same command to resume: finished items are kept",
             code="cancelled",
         )
+    sudo_error = sudo_password_error(last_lines)
+    if sudo_error is not None:
+        return sudo_error
     return WorkerError(
         _worker_failure(exit_text, _status_error(conn, job_dir)),
         f"see {posixpath.join(job_dir, 'worker.log')} on the host; rerun the same "
