@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cosmos_workflow.cli import app
+from cosmos_workflow.remote import jobctl
 from cosmos_workflow.remote.runner import sudo_password_error
 
 from .upsample_env import (
@@ -235,6 +237,19 @@ def test_upsample_with_sudo_asking_for_a_password_is_one_clear_error(
     assert "hint: configure passwordless sudo for docker" in result.stderr
     assert sudo_wants_a_password.read_text().splitlines()[:2] == ["-n", "docker"]
     assert not (workdir / "out" / "office_handover.json").exists()
+
+
+def test_cancel_stops_the_container_with_sudo_n(sudo_wants_a_password, tmp_path):
+    """`docker stop` goes through sudo -n as well: asked for a password, it fails at once."""
+    job = tmp_path / "jobs" / "abc"
+    job.mkdir(parents=True)
+    command = jobctl.cancel(str(job), "cosmos-upsample-abc", sudo=True)
+
+    proc = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30)
+
+    assert proc.stdout.strip() == "cancelled" and (job / "cancelled").exists()
+    args = sudo_wants_a_password.read_text().splitlines()
+    assert args == ["-n", "docker", "stop", "cosmos-upsample-abc"]
 
 
 def test_sudo_messages_without_a_terminal_are_recognised_and_others_are_not():
