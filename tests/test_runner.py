@@ -81,13 +81,12 @@ def test_docker_selects_gpus_with_gpus_flag_only_not_cuda_visible_devices_inside
     assert "CUDA_VISIBLE_DEVICES" not in command
     assert "-v '/mnt/hf cache':/root/.cache/huggingface" in command
     assert command.endswith("python3 /workspace/cosmos_workflow/worker.py check --json")
-    several = RunnerSettings(kind="docker", remote_dir="/d", cuda_visible_devices="0,3")
-    assert (
-        shlex.split(worker_command(several, "j"))[
-            shlex.split(worker_command(several, "j")).index("--gpus") + 1
-        ]
-        == '"device=0,3"'
+    several = shlex.split(
+        worker_command(
+            RunnerSettings(kind="docker", remote_dir="/d", cuda_visible_devices="0,3"), "j"
+        )
     )
+    assert several[several.index("--gpus") + 1] == '"device=0,3"'
 
 
 def test_direct_runner_still_selects_gpus_with_cuda_visible_devices():

@@ -17,7 +17,7 @@ Remote layout (`root` is the folder holding this file):
 Usage:
 
     python worker.py run JOB_DIR [--model PATH]
-    python worker.py check [--model PATH | --checkpoint-dir DIR] [--json]
+    python worker.py check [--model PATH | --checkpoint-dir DIR] [--json] [--min-free-gib N]
 
 `run` loads the model once, sends every pending item to vLLM in chunks, and appends a result
 line per item as each chunk finishes; running it again skips the items that already have a
@@ -29,6 +29,9 @@ the worker was interrupted.
 Every finished item also prints one line for the CLI, which streams stdout over SSH:
 
     @@cosmos-progress {"done": 3, "failed": 1, "total": 10, "id": "item-id"}
+
+`check --json` prints its report as indented JSON, then once more on one last line for the CLI
+(the Docker image's entrypoint banner may come first on stdout): `@@cosmos-check {...}`.
 """
 
 from __future__ import annotations
