@@ -126,6 +126,13 @@ def _as_non_negative_float(value: Any) -> float:
     return number
 
 
+def _as_fraction(value: Any) -> float:
+    number = _as_float(value)
+    if not 0 < number <= 1:
+        raise ValueError("a number above 0 and at most 1")
+    return number
+
+
 def _as_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -248,6 +255,12 @@ SCHEMA: dict[str, dict[str, Field]] = {
             "~/.cache/huggingface",
             "host folder mounted as the container's Hugging Face cache",
         ),
+        "vllm_cache": Field(
+            _as_str,
+            "~/.cache/vllm",
+            "host folder mounted as the container's vLLM cache, so compiled kernels outlive "
+            "the --rm container (empty: not mounted, every job compiles again)",
+        ),
     },
     "worker": {
         "runner": Field(
@@ -279,6 +292,16 @@ SCHEMA: dict[str, dict[str, Field]] = {
         ),
         "enforce_eager": Field(
             _as_bool, False, "skip CUDA-graph capture: faster engine start, slower generation"
+        ),
+        "gpu_memory_utilization": Field(
+            _as_fraction,
+            0.98,
+            "share of GPU memory vLLM may take (NVIDIA's 0.98); lower it when the GPU is shared",
+        ),
+        "min_free_disk_gib": Field(
+            _as_non_negative_float,
+            10.0,
+            "`cosmos remote check` warns when the host has less free disk than this (GiB)",
         ),
         "env": Field(_as_env, {}, "extra environment variables for the worker, a TOML table"),
     },

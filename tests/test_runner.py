@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 import uuid
@@ -30,16 +31,42 @@ def test_direct_command_line_is_exact():
 def test_docker_command_line_is_exact():
     settings = RunnerSettings(kind="docker", remote_dir="/home/ubuntu/NatsFS/cosmos-transfer1")
     assert worker_command(settings, "abc123") == (
-        "sudo docker run --rm --name cosmos-upsample-abc123 --gpus all --ipc=host "
+        "sudo -n docker run --rm --init --name cosmos-upsample-abc123 --gpus all --ipc=host "
         "--shm-size=8g -v /home/ubuntu/NatsFS/cosmos-transfer1:/workspace -w /workspace "
-        "-e VLLM_WORKER_MULTIPROC_METHOD=spawn "
+        "-e VLLM_WORKER_MULTIPROC_METHOD=spawn -e VLLM_CACHE_ROOT=/root/.cache/vllm "
         '-v "$HOME"/.cache/huggingface:/root/.cache/huggingface '
+        '-v "$HOME"/.cache/vllm:/root/.cache/vllm '
         "nvcr.io/ubuntu/cosmos-transfer1:latest python3 "
         "/workspace/cosmos_workflow/worker.py run /workspace/cosmos_workflow/jobs/abc123"
     )
 
 
-def test_docker_without_sudo_with_devices_and_check_args():
+def test_docker_runs_an_init_process_so_a_dead_engine_can_end_the_worker():
+    """vLLM 0.8.1 kills its own process group when the engine dies; as PID 1 (NVIDIA's
+    entrypoint execs python3) the worker would ignore that and hang. `--init` makes tini PID 1."""
+    words = shlex.split(worker_command(RunnerSettings(kind="docker", remote_dir="/d"), "j"))
+    assert "--init" in words
+    assert words.index("--init") < words.index("nvcr.io/ubuntu/cosmos-transfer1:latest")
+
+
+def test_docker_sudo_never_waits_for_a_password():
+    words = shlex.split(worker_command(RunnerSettings(kind="docker", remote_dir="/d"), "j"))
+    assert words[:3] == ["sudo", "-n", "docker"]
+    no_sudo = RunnerSettings(kind="docker", remote_dir="/d", sudo=False)
+    assert shlex.split(worker_command(no_sudo, "j"))[:2] == ["docker", "run"]
+
+
+def test_docker_keeps_vllm_compile_cache_on_a_host_mount():
+    settings = RunnerSettings(kind="docker", remote_dir="/d", vllm_cache="/mnt/fast disk/vllm")
+    command = worker_command(settings, "j")
+    assert "-v '/mnt/fast disk/vllm':/root/.cache/vllm" in command
+    assert "-e VLLM_CACHE_ROOT=/root/.cache/vllm" in command
+    off = worker_command(RunnerSettings(kind="docker", remote_dir="/d", vllm_cache=""), "j")
+    assert "/root/.cache/vllm" not in off and "VLLM_CACHE_ROOT" not in off
+
+
+def test_docker_selects_gpus_with_gpus_flag_only_not_cuda_visible_devices_inside():
+    """Inside the container the selected GPU is device 0: CUDA_VISIBLE_DEVICES=2 would hide it."""
     settings = RunnerSettings(
         kind="docker",
         remote_dir="/data/ct1",
@@ -48,10 +75,23 @@ def test_docker_without_sudo_with_devices_and_check_args():
         hf_cache="/mnt/hf cache",
     )
     command = worker_command(settings, "j", "check", "--json")
-    assert command.startswith("docker run --rm --name cosmos-upsample-j --gpus '\"device=2\"' ")
-    assert "-e CUDA_VISIBLE_DEVICES=2" in command
+    words = shlex.split(command)
+    assert command.startswith("docker run --rm --init --name cosmos-upsample-j --gpus ")
+    assert words[words.index("--gpus") + 1] == '"device=2"'  # docker's own quoting for lists
+    assert "CUDA_VISIBLE_DEVICES" not in command
     assert "-v '/mnt/hf cache':/root/.cache/huggingface" in command
     assert command.endswith("python3 /workspace/cosmos_workflow/worker.py check --json")
+    several = shlex.split(
+        worker_command(
+            RunnerSettings(kind="docker", remote_dir="/d", cuda_visible_devices="0,3"), "j"
+        )
+    )
+    assert several[several.index("--gpus") + 1] == '"device=0,3"'
+
+
+def test_direct_runner_still_selects_gpus_with_cuda_visible_devices():
+    settings = RunnerSettings(kind="direct", remote_dir="/d", cuda_visible_devices="2")
+    assert "CUDA_VISIBLE_DEVICES=2" in shlex.split(worker_command(settings, "j"))
 
 
 def test_hostile_values_stay_data_in_a_real_shell(tmp_path: Path):

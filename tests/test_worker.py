@@ -12,6 +12,7 @@ import ast
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -63,10 +64,19 @@ class Remote:
         return job_dir
 
     def run(
-        self, *args: str, path: str | None = None, python: str = sys.executable, **controls
+        self,
+        *args: str,
+        path: str | None = None,
+        python: str = sys.executable,
+        env: dict | None = None,
+        **controls,
     ) -> subprocess.CompletedProcess:
-        """Run worker.py with the stand-in engine; controls become FAKE_VLLM_* variables."""
-        env = fake_engine_env(self.engine_log, **controls)
+        """Run worker.py with the stand-in engine; controls become FAKE_VLLM_* variables,
+        `env` is added as it is (e.g. FAKE_TORCH_GPUS, CUDA_VISIBLE_DEVICES)."""
+        run_env = fake_engine_env(self.engine_log, **controls)
+        run_env.pop("CUDA_VISIBLE_DEVICES", None)
+        run_env.update(env or {})
+        env = run_env
         if path is not None:
             env["PATH"] = path
         cmd = [python, str(self.root / "worker.py"), *args]
@@ -488,17 +498,38 @@ def write_fake_nvidia_smi(bin_dir: Path) -> None:
     tool.chmod(0o755)
 
 
-def test_check_json_reports_python_vllm_gpus_model_and_disk(remote, tmp_path):
-    write_fake_nvidia_smi(tmp_path / "bin")
-    path = f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"
+def check_report(stdout: str) -> dict:
+    """The report on `check --json`'s marker line, which must be the last line of stdout."""
+    last = stdout.splitlines()[-1]
+    assert last.startswith("@@cosmos-check "), stdout[-500:]
+    return json.loads(last[len("@@cosmos-check ") :])
 
-    proc = remote.run("check", "--model", str(remote.model), "--json", path=path)
+
+@pytest.fixture
+def gpu_path(tmp_path) -> str:
+    """PATH with a stand-in nvidia-smi that lists one H100."""
+    write_fake_nvidia_smi(tmp_path / "bin")
+    return f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"
+
+
+def test_check_json_reports_python_vllm_torch_gpus_model_and_disk(remote, gpu_path):
+    proc = remote.run(
+        "check", "--model", str(remote.model), "--json", "--min-free-gib", "0", path=gpu_path
+    )
 
     assert proc.returncode == 0, proc.stdout
-    report = json.loads(proc.stdout)
-    assert report["ready"] is True and report["problems"] == []
+    report = check_report(proc.stdout)
+    assert report["ready"] is True and report["problems"] == [] and report["warnings"] == []
     assert report["python"] == ".".join(map(str, sys.version_info[:3]))
-    assert report["vllm"] == {"version": "0.0-standin", "error": None}
+    assert report["vllm"] == {"version": "0.0-standin", "error": None, "extension_error": None}
+    assert report["torch"] == {
+        "version": "2.7.1-standin",
+        "error": None,
+        "cuda_available": True,
+        "cuda_device_count": 1,
+    }
+    assert report["transformers"] == {"version": "4.49.0"}
+    assert report["cuda_visible_devices"] is None
     assert report["gpus"] == [
         {"name": "NVIDIA H100 80GB HBM3", "memory_total_mib": 81559, "memory_used_mib": 3}
     ]
@@ -509,12 +540,43 @@ def test_check_json_reports_python_vllm_gpus_model_and_disk(remote, tmp_path):
         "tekken.json": 2,
     }
     assert report["disk"]["path"] == str(remote.root)
-    assert report["disk"]["free_bytes"] > 0
+    assert report["disk"]["free_bytes"] > 0 and report["disk"]["low"] is False
+    # For a person reading it, the same report as indented JSON comes first.
+    human = proc.stdout[: proc.stdout.rindex("@@cosmos-check ")]
+    assert json.loads(human) == report
+
+
+TRITON_BANNER = """
+=============================
+== Triton Inference Server ==
+=============================
+
+NVIDIA Release 25.04 (build 160000000)
+{"not": "the report"}
+"""
+
+
+def write_entrypoint(path: Path) -> Path:
+    """Like the Triton image's entrypoint: print a banner on stdout, then exec the command."""
+    path.write_text(
+        f"#!/bin/sh\ncat <<'EOF'\n{TRITON_BANNER}EOF\nexec {shlex.quote(sys.executable)} \"$@\"\n"
+    )
+    path.chmod(0o755)
+    return path
+
+
+def test_check_json_marker_line_comes_after_an_entrypoint_banner(remote, gpu_path, tmp_path):
+    python = str(write_entrypoint(tmp_path / "entrypoint"))
+
+    proc = remote.run("check", "--model", str(remote.model), "--json", python=python, path=gpu_path)
+
+    assert proc.stdout.startswith(TRITON_BANNER)
+    assert check_report(proc.stdout)["ready"] is True
 
 
 def test_dash_dash_check_is_the_check_command(remote):
     proc = remote.run("--check", "--model", str(remote.model), "--json")
-    assert json.loads(proc.stdout)["model"]["ok"] is True
+    assert check_report(proc.stdout)["model"]["ok"] is True
 
 
 def test_check_without_gpu_or_checkpoint_is_not_ready_and_says_why(remote, tmp_path):
@@ -525,7 +587,7 @@ def test_check_without_gpu_or_checkpoint_is_not_ready_and_says_why(remote, tmp_p
     )
 
     assert proc.returncode == 1
-    report = json.loads(proc.stdout)
+    report = check_report(proc.stdout)
     assert report["ready"] is False and report["gpus"] == []
     assert any("nvidia-smi not found" in p for p in report["problems"])
     expected = tmp_path / "ckpts" / CHECKPOINT
@@ -534,17 +596,97 @@ def test_check_without_gpu_or_checkpoint_is_not_ready_and_says_why(remote, tmp_p
     assert any(str(expected) in p for p in report["problems"])
 
 
-def test_check_text_output_lists_each_finding_and_ends_with_the_verdict(remote, tmp_path):
-    write_fake_nvidia_smi(tmp_path / "bin")
-    path = f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"
+def test_gpus_hidden_by_cuda_visible_devices_are_not_ready(remote, gpu_path):
+    """`docker run --gpus device=2` shows that GPU as 0: CUDA_VISIBLE_DEVICES=2 inside hides it.
+    nvidia-smi still lists it, so `check` must not say ready."""
+    args = ("check", "--model", str(remote.model), "--json")
+    inside = {"FAKE_TORCH_GPUS": "1"}  # the container sees one GPU, numbered 0
 
-    proc = remote.run("check", "--model", str(remote.model), path=path)
+    hidden = remote.run(*args, path=gpu_path, env={**inside, "CUDA_VISIBLE_DEVICES": "2"})
+
+    assert hidden.returncode == 1
+    report = check_report(hidden.stdout)
+    assert report["ready"] is False
+    assert report["torch"]["cuda_available"] is False
+    assert report["cuda_visible_devices"] == "2"
+    (problem,) = report["problems"]
+    assert "nvidia-smi lists 1 GPU(s) but torch sees no CUDA device" in problem
+    assert "CUDA_VISIBLE_DEVICES='2'" in problem and "--gpus device=N" in problem
+
+    renumbered = remote.run(*args, path=gpu_path, env={**inside, "CUDA_VISIBLE_DEVICES": "0"})
+    assert renumbered.returncode == 0
+    assert check_report(renumbered.stdout)["torch"]["cuda_device_count"] == 1
+
+
+def test_torch_seeing_no_gpu_without_cuda_visible_devices_points_at_the_driver(remote, gpu_path):
+    proc = remote.run(
+        "check", "--model", str(remote.model), "--json", path=gpu_path,
+        env={"FAKE_TORCH_GPUS": "0"},
+    )  # fmt: skip
+
+    assert proc.returncode == 1
+    (problem,) = check_report(proc.stdout)["problems"]
+    assert "torch sees no CUDA device (CUDA_VISIBLE_DEVICES is unset)" in problem
+    assert "driver" in problem
+
+
+def test_missing_torch_is_a_problem(remote, gpu_path):
+    proc = remote.run(
+        "check", "--model", str(remote.model), "--json", path=gpu_path,
+        env={"FAKE_TORCH_ERROR": "No module named 'torch'"},
+    )  # fmt: skip
+
+    assert proc.returncode == 1
+    report = check_report(proc.stdout)
+    assert report["torch"]["version"] is None
+    assert report["problems"] == ["torch cannot be imported: ImportError: No module named 'torch'"]
+
+
+def test_vllm_compiled_extension_that_does_not_load_is_a_problem(remote, gpu_path):
+    """A vLLM built for another torch imports fine; only vllm._C shows the mismatch."""
+    symbol = "vllm/_C.abi3.so: undefined symbol: _ZN3c104cuda9SetDeviceEi"
+    proc = remote.run(
+        "check", "--model", str(remote.model), "--json", path=gpu_path, extension_error=symbol
+    )
+
+    assert proc.returncode == 1
+    report = check_report(proc.stdout)
+    assert report["vllm"]["version"] == "0.0-standin"
+    assert report["vllm"]["extension_error"] == f"ImportError: {symbol}"
+    (problem,) = report["problems"]
+    assert (
+        problem.startswith("vLLM's compiled extension (vllm._C) does not load")
+        and symbol in problem
+    )
+
+
+def test_low_free_disk_is_a_warning_not_a_blocker(remote, gpu_path):
+    args = ("check", "--model", str(remote.model), "--min-free-gib", "1000000000")
+
+    proc = remote.run(*args, "--json", path=gpu_path)
+
+    assert proc.returncode == 0
+    report = check_report(proc.stdout)
+    assert report["ready"] is True and report["disk"]["low"] is True
+    assert report["disk"]["min_free_bytes"] == 1000000000 * 2**30
+    (warning,) = report["warnings"]
+    assert warning.startswith("low disk: ") and str(remote.root) in warning
+    text = remote.run(*args, path=gpu_path).stdout.splitlines()
+    assert any(line.startswith("warning  low disk: ") for line in text)
+    assert remote.run(*args[:-1], "-1", path=gpu_path).returncode == 2
+
+
+def test_check_text_output_lists_each_finding_and_ends_with_the_verdict(remote, gpu_path):
+    proc = remote.run("check", "--model", str(remote.model), path=gpu_path)
 
     assert proc.returncode == 0
     lines = proc.stdout.splitlines()
-    assert "vllm     0.0-standin" in lines
+    assert "vllm     0.0-standin (compiled extension loads)" in lines
+    assert "torch    2.7.1-standin, CUDA available, 1 device(s)" in lines
+    assert "transformers 4.49.0" in lines
     assert "gpu      NVIDIA H100 80GB HBM3, 81559 MiB total, 3 MiB used" in lines
     assert f"model    {remote.model}" in lines
+    assert not any(line.startswith("@@") for line in lines)
     assert lines[-1] == "ready"
 
 
@@ -556,9 +698,10 @@ def test_worker_runs_alone_in_isolated_python(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
 
     assert proc.returncode == 1, proc.stderr
-    report = json.loads(proc.stdout)
+    report = check_report(proc.stdout)
     assert report["vllm"]["version"] is None
     assert "No module named 'vllm'" in report["vllm"]["error"]
+    assert "No module named 'torch'" in report["torch"]["error"]
 
 
 def find_python(version: str) -> str | None:
@@ -586,13 +729,24 @@ def test_worker_runs_a_job_on_other_supported_pythons(remote, version):
     assert results(job_dir)[0]["error"] is None
 
 
-def test_worker_imports_only_the_standard_library_and_vllm():
-    tree = ast.parse(WORKER.read_text(encoding="utf-8"))
+def _imported(nodes) -> set:
     modules = set()
-    for node in ast.walk(tree):
+    for node in nodes:
         if isinstance(node, ast.Import):
             modules.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             modules.add(node.module.split(".")[0])
-    # transformers: a dependency of vLLM, guarded before vLLM is imported (aimv2 registration).
-    assert modules - set(sys.stdlib_module_names) == {"vllm", "transformers"}
+    return modules
+
+
+def test_worker_imports_only_the_standard_library_and_vllm():
+    """At module level only the standard library; vLLM (and torch and transformers, which vLLM
+    brings: for `check` and the aimv2 guard) only inside functions, so the worker starts and
+    reports without them."""
+    tree = ast.parse(WORKER.read_text(encoding="utf-8"))
+    assert _imported(tree.body) <= set(sys.stdlib_module_names) | {"__future__"}
+    assert _imported(ast.walk(tree)) - set(sys.stdlib_module_names) == {
+        "vllm",
+        "torch",
+        "transformers",
+    }

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..errors import CosmosError
 from .common import orchestrator
-from .output import err, handle_errors, out, print_json
+from .output import err, handle_errors, out, print_error_line, print_json
 
 app = typer.Typer(help="Work with the GPU host: readiness, host keys, jobs.", no_args_is_help=True)
 
@@ -22,23 +22,66 @@ def check(
     ctx: typer.Context,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Check the host can run the upsampler: Python, vLLM, GPUs, checkpoint, free disk.
+    """Check the host can run the upsampler: vLLM, torch and its GPUs, checkpoint, free disk.
 
     Example: cosmos remote check
 
-    Exit codes: 0 ready; 1 something is missing (listed); 4 SSH failure.
+    Runs the worker's check where jobs run (inside [docker] image, or with [worker] python).
+    Exit codes: 0 ready (warnings such as low disk included); 1 something is missing (listed);
+    4 SSH failure; 5 the check could not run (e.g. sudo asks for a password).
     """
     report = orchestrator(ctx.find_root()).remote_check()
     if json_output:
         print_json(report)
     else:
-        table = Table("what", "found", title="GPU host readiness")
-        for key, value in report.items():
-            if key != "exit_code":
-                table.add_row(key, str(value))
-        out.print(table)
-        err.print("ready" if report["exit_code"] == 0 else "not ready: see the table above")
-    raise typer.Exit(0 if report["exit_code"] == 0 else 1)
+        render_check(report)
+    raise typer.Exit(0 if report.get("ready") else 1)
+
+
+def _versions(report: dict) -> list[tuple[str, str]]:
+    vllm, torch = report.get("vllm") or {}, report.get("torch") or {}
+    rows = [("python", f"{report.get('python')} ({report.get('python_executable')})")]
+    if vllm.get("error"):
+        rows.append(("vllm", f"not importable: {vllm['error']}"))
+    else:
+        extension = "does not load" if vllm.get("extension_error") else "loads"
+        rows.append(("vllm", f"{vllm.get('version')} (compiled extension {extension})"))
+    if torch.get("error"):
+        rows.append(("torch", f"not importable: {torch['error']}"))
+    else:
+        cuda = "CUDA available" if torch.get("cuda_available") else "no CUDA"
+        devices = torch.get("cuda_device_count")
+        rows.append(("torch", f"{torch.get('version')}, {cuda}, {devices} device(s)"))
+    transformers = (report.get("transformers") or {}).get("version")
+    rows.append(("transformers", transformers or "not installed"))
+    visible = report.get("cuda_visible_devices")
+    rows.append(("CUDA_VISIBLE_DEVICES", "unset" if visible is None else repr(visible)))
+    return rows
+
+
+def render_check(report: dict) -> None:
+    """The check report as a table (stdout), then warnings, problems and the verdict (stderr)."""
+    table = Table("what", "found", title="GPU host readiness")
+    for what, found in _versions(report):
+        table.add_row(what, found)
+    for gpu in report.get("gpus") or []:
+        total, used = gpu.get("memory_total_mib"), gpu.get("memory_used_mib")
+        table.add_row("gpu", f"{gpu.get('name')}, {total} MiB total, {used} MiB used")
+    if not report.get("gpus"):
+        table.add_row("gpu", "none")
+    model = report.get("model") or {}
+    table.add_row(
+        "model", f"{model.get('path')} ({'complete' if model.get('ok') else 'incomplete'})"
+    )
+    disk = report.get("disk") or {}
+    free = f"{disk.get('free_bytes', 0) / 2**30:.1f} GiB free at {disk.get('path')}"
+    table.add_row("disk", free + (" (low)" if disk.get("low") else ""))
+    out.print(table)
+    for warning in report.get("warnings") or []:
+        print_error_line("warning", warning)
+    for problem in report.get("problems") or []:
+        print_error_line("problem", problem)
+    err.print("ready" if report.get("ready") else "not ready: see the problems above")
 
 
 @app.command("trust")

@@ -71,7 +71,7 @@ def cancel(job: str, container: str | None = None, *, sudo: bool = False) -> str
     # `kill -TERM -PGID` (no `--`): the form both dash and bash accept for a process group.
     words += f'if {_alive("pid")}; then kill -TERM "-$(cat pid)" 2>/dev/null; fi'
     if container:
-        docker = "sudo docker" if sudo else "docker"
+        docker = "sudo -n docker" if sudo else "docker"  # -n: no terminal to ask on
         words += f"; {docker} stop {q(container)} >/dev/null 2>&1 || true"
     return words + "; echo cancelled"
 

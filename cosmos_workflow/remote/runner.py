@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import posixpath
 import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from ..errors import WorkerError
 
 CONTAINER_WORKSPACE = "/workspace"
 CONTAINER_HF_CACHE = "/root/.cache/huggingface"
+# vLLM's own cache (torch.compile artifacts, CUDA graphs' kernels): on a host mount, a `--rm`
+# container reuses it instead of recompiling for minutes at every job.
+CONTAINER_VLLM_CACHE = "/root/.cache/vllm"
 CONTAINER_CHECKPOINTS = "/checkpoints"
 
 
@@ -27,6 +33,7 @@ class RunnerSettings:
     sudo: bool = True
     shm_size: str = "8g"
     hf_cache: str = "~/.cache/huggingface"
+    vllm_cache: str = "~/.cache/vllm"  # host folder for vLLM's compile cache; "" = not mounted
     cuda_visible_devices: str = ""
     checkpoint_dir: str = ""  # host path; mounted separately when outside remote_dir
     env: dict[str, str] = field(default_factory=dict)
@@ -66,10 +73,32 @@ def _worker_env(settings: RunnerSettings) -> dict[str, str]:
         # NVIDIA's instruction for the upsampler: vLLM workers must spawn, not fork, with CUDA.
         "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
     }
-    if settings.cuda_visible_devices:
+    # Docker selects GPUs with `--gpus device=N` and renumbers them from 0 inside the container:
+    # CUDA_VISIBLE_DEVICES=N there would hide them all. Only the direct runner passes it.
+    if settings.cuda_visible_devices and settings.kind != "docker":
         env["CUDA_VISIBLE_DEVICES"] = settings.cuda_visible_devices
+    if settings.kind == "docker" and settings.vllm_cache:
+        env["VLLM_CACHE_ROOT"] = CONTAINER_VLLM_CACHE
     env.update(settings.env)
     return env
+
+
+# What sudo prints when it would have to ask for a password: with -n, and without a terminal.
+_SUDO_PASSWORD_MESSAGES = ("a password is required", "a terminal is required to read the password")
+
+
+def sudo_password_error(output_lines: Iterable[str]) -> WorkerError | None:
+    """The error to show when the worker's output says sudo wanted a password, else None."""
+    for line in output_lines:
+        if line.lstrip().startswith("sudo:") and any(m in line for m in _SUDO_PASSWORD_MESSAGES):
+            return WorkerError(
+                "sudo on the host asks for a password to run docker, and there is no terminal "
+                f"to type it ({line.strip()})",
+                "configure passwordless sudo for docker on the host (a NOPASSWD sudoers rule), "
+                "or add the SSH user to the docker group and set [docker] sudo = false",
+                code="sudo_password",
+            )
+    return None
 
 
 def container_name(job_id: str) -> str:
@@ -105,11 +134,17 @@ def _docker_command(settings: RunnerSettings, job_id: str, args: tuple[str, ...]
     root = posixpath.join(CONTAINER_WORKSPACE, "cosmos_workflow")
     worker_args = args or ("run", posixpath.join(root, "jobs", job_id))
     gpus = f'"device={settings.cuda_visible_devices}"' if settings.cuda_visible_devices else "all"
-    words = ["sudo"] if settings.sudo else []
+    # `sudo -n`: over SSH there is no terminal to type a password into; fail at once with
+    # sudo's "a password is required" (see sudo_password_error) instead of waiting.
+    words = ["sudo", "-n"] if settings.sudo else []
     words += [
         "docker",
         "run",
         "--rm",
+        # An init process as PID 1: NVIDIA's entrypoint `exec`s python3, and PID 1 ignores the
+        # signals vLLM 0.8's engine client sends its own process group when the engine dies,
+        # so the worker would hang forever instead of exiting.
+        "--init",
         "--name",
         container_name(job_id),
         "--gpus",
@@ -129,6 +164,8 @@ def _docker_command(settings: RunnerSettings, job_id: str, args: tuple[str, ...]
         words += ["-e", f"{name}={value}"]
     head = shlex.join(words)
     # The Hugging Face cache mount may start with ~ on the host: only $HOME stays unquoted.
-    hf_mount = f"-v {_host_path(settings.hf_cache)}:{shlex.quote(CONTAINER_HF_CACHE)}"
+    mounts = [f"-v {_host_path(settings.hf_cache)}:{shlex.quote(CONTAINER_HF_CACHE)}"]
+    if settings.vllm_cache:
+        mounts.append(f"-v {_host_path(settings.vllm_cache)}:{shlex.quote(CONTAINER_VLLM_CACHE)}")
     tail = shlex.join([settings.image, "python3", posixpath.join(root, "worker.py"), *worker_args])
-    return f"{head} {hf_mount} {tail}"
+    return " ".join([head, *mounts, tail])

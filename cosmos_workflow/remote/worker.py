@@ -17,7 +17,7 @@ Remote layout (`root` is the folder holding this file):
 Usage:
 
     python worker.py run JOB_DIR [--model PATH]
-    python worker.py check [--model PATH | --checkpoint-dir DIR] [--json]
+    python worker.py check [--model PATH | --checkpoint-dir DIR] [--json] [--min-free-gib N]
 
 `run` loads the model once, sends every pending item to vLLM in chunks, and appends a result
 line per item as each chunk finishes; running it again skips the items that already have a
@@ -29,6 +29,9 @@ the worker was interrupted.
 Every finished item also prints one line for the CLI, which streams stdout over SSH:
 
     @@cosmos-progress {"done": 3, "failed": 1, "total": 10, "id": "item-id"}
+
+`check --json` prints its report as indented JSON, then once more on one last line for the CLI
+(the Docker image's entrypoint banner may come first on stdout): `@@cosmos-check {...}`.
 """
 
 from __future__ import annotations
@@ -754,40 +757,142 @@ def query_gpus() -> tuple:
     return gpus, None if gpus else "nvidia-smi lists no GPU"
 
 
-def check_host(model: str | None, checkpoint_dir: str | None) -> dict:
+def vllm_extension_error() -> str | None:
+    """Why vLLM's compiled extension (vllm._C) does not load, or None.
+
+    `import vllm` succeeds on a vLLM built for another torch or CUDA; the mismatch shows only
+    when the engine first calls a custom kernel, minutes into loading the model.
+    """
+    try:
+        import vllm._C  # noqa: F401
+    except Exception as e:  # ImportError, OSError (undefined symbol, missing libcudart), ...
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def probe_torch() -> dict:
+    """torch's version and what CUDA devices it sees (torch comes with vLLM; imported lazily)."""
+    info = {"version": None, "error": None, "cuda_available": None, "cuda_device_count": None}
+    try:
+        import torch
+
+        info["version"] = str(getattr(torch, "__version__", "unknown"))
+        info["cuda_available"] = bool(torch.cuda.is_available())
+        info["cuda_device_count"] = int(torch.cuda.device_count())
+    except Exception as e:
+        info["error"] = f"{type(e).__name__}: {e}"
+    return info
+
+
+def package_version(name: str) -> str | None:
+    """An installed distribution's version, without importing it (transformers is slow to)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def hidden_gpus_problem(gpus: list) -> str:
+    """nvidia-smi lists GPUs but torch sees none: name the usual cause."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    message = f"nvidia-smi lists {len(gpus)} GPU(s) but torch sees no CUDA device"
+    if visible is None:
+        return message + (
+            " (CUDA_VISIBLE_DEVICES is unset): the CUDA driver may be older than torch's CUDA"
+        )
+    # nvidia-smi ignores CUDA_VISIBLE_DEVICES, torch does not. In a container started with
+    # `--gpus device=N` the chosen GPUs are renumbered from 0, so N no longer names them.
+    return message + (
+        f": CUDA_VISIBLE_DEVICES={visible!r} hides them. Inside a container started with "
+        "`docker run --gpus device=N` the GPUs are renumbered from 0: leave "
+        "CUDA_VISIBLE_DEVICES unset there"
+    )
+
+
+DEFAULT_MIN_FREE_GIB = 10.0
+CHECK_PREFIX = "@@cosmos-check "
+
+
+def check_host(
+    model: str | None, checkpoint_dir: str | None, min_free_gib: float = DEFAULT_MIN_FREE_GIB
+) -> dict:
     """What this host has for running the upsampler; report['ready'] says whether it can."""
     root = os.path.dirname(os.path.abspath(__file__))
-    problems = []
-    vllm_info = {"version": None, "error": None}
+    problems, warnings = [], []
+    vllm_info = {"version": None, "error": None, "extension_error": None}
     try:
         vllm_info["version"] = getattr(import_vllm(), "__version__", None)
     except Exception as e:  # a broken install raises more than ImportError (OSError, ...)
         vllm_info["error"] = f"{type(e).__name__}: {e}"
         problems.append(f"vLLM cannot be imported: {vllm_info['error']}")
+    else:
+        vllm_info["extension_error"] = vllm_extension_error()
+        if vllm_info["extension_error"]:
+            problems.append(
+                "vLLM's compiled extension (vllm._C) does not load, a vLLM built for another "
+                f"torch or CUDA: {vllm_info['extension_error']}"
+            )
+    torch_info = probe_torch()
     gpus, gpu_problem = query_gpus()
     if gpu_problem:
         problems.append(f"no GPU visible: {gpu_problem}")
+    if torch_info["error"]:
+        problems.append(f"torch cannot be imported: {torch_info['error']}")
+    elif gpus and not (torch_info["cuda_available"] and torch_info["cuda_device_count"]):
+        problems.append(hidden_gpus_problem(gpus))
     model_dir = resolve_model(root, model, checkpoint_dir)
     problem = model_problem(model_dir)
     if problem:
         problems.append(problem)
     usage = shutil.disk_usage(root)
+    min_free_bytes = int(min_free_gib * 2**30)
+    low_disk = usage.free < min_free_bytes
+    if low_disk:
+        warnings.append(
+            f"low disk: {usage.free / 2**30:.1f} GiB free at {root}, under {min_free_gib:g} GiB "
+            "(vLLM's compile cache, frames and job files need room)"
+        )
     return {
         "ready": not problems,
         "problems": problems,
+        "warnings": warnings,
         "python": sys.version.split()[0],
         "python_executable": sys.executable,
         "vllm": vllm_info,
+        "torch": torch_info,
+        "transformers": {"version": package_version("transformers")},
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "gpus": gpus,
         "model": {"path": model_dir, "files": model_files(model_dir), "ok": problem is None},
-        "disk": {"path": root, "free_bytes": usage.free, "total_bytes": usage.total},
+        "disk": {
+            "path": root,
+            "free_bytes": usage.free,
+            "total_bytes": usage.total,
+            "min_free_bytes": min_free_bytes,
+            "low": low_disk,
+        },
     }
 
 
 def print_check(report: dict) -> None:
-    vllm_info = report["vllm"]
+    vllm_info, torch_info = report["vllm"], report["torch"]
     print(f"python   {report['python']} ({report['python_executable']})")
-    print(f"vllm     {vllm_info['version'] or 'not importable: ' + str(vllm_info['error'])}")
+    if vllm_info["version"] is None and vllm_info["error"]:
+        print(f"vllm     not importable: {vllm_info['error']}")
+    else:
+        extension = "does not load" if vllm_info["extension_error"] else "loads"
+        print(f"vllm     {vllm_info['version']} (compiled extension {extension})")
+    if torch_info["error"]:
+        print(f"torch    not importable: {torch_info['error']}")
+    else:
+        cuda = "CUDA available" if torch_info["cuda_available"] else "no CUDA"
+        devices = torch_info["cuda_device_count"]
+        print(f"torch    {torch_info['version']}, {cuda}, {devices} device(s)")
+    print(f"transformers {report['transformers']['version'] or 'not installed'}")
+    if report["cuda_visible_devices"] is not None:
+        print(f"CUDA_VISIBLE_DEVICES={report['cuda_visible_devices']}")
     for gpu in report["gpus"]:
         total, used = gpu["memory_total_mib"], gpu["memory_used_mib"]
         print(f"gpu      {gpu['name']}, {total} MiB total, {used} MiB used")
@@ -799,9 +904,19 @@ def print_check(report: dict) -> None:
     print(
         f"disk     {report['disk']['free_bytes'] / 2**30:.1f} GiB free at {report['disk']['path']}"
     )
+    for warning in report["warnings"]:
+        print(f"warning  {warning}")
     for problem in report["problems"]:
         print(f"problem  {problem}")
     print("ready" if report["ready"] else "not ready")
+
+
+def gib(text: str) -> float:
+    """argparse type: a number of GiB, 0 or more."""
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise ValueError(text)
+    return value
 
 
 # ---------------------------------------------------------------------------- main
@@ -818,6 +933,12 @@ def parse_args(argv: list | None) -> argparse.Namespace:
     where.add_argument("--model", help="model folder")
     where.add_argument("--checkpoint-dir", help="cosmos-transfer1 checkpoints folder")
     check.add_argument("--json", action="store_true", help="print a JSON report")
+    check.add_argument(
+        "--min-free-gib",
+        type=gib,
+        default=DEFAULT_MIN_FREE_GIB,
+        help="warn when less disk is free (default %(default)s)",
+    )
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--check"]:  # `worker.py --check` reads naturally too
         argv[0] = "check"
@@ -830,9 +951,12 @@ def main(argv: list | None = None) -> int:
     except SystemExit as e:  # argparse exits 2 on bad arguments already; keep 0 for --help
         return int(e.code or 0)
     if args.command == "check":
-        report = check_host(args.model, args.checkpoint_dir)
+        report = check_host(args.model, args.checkpoint_dir, args.min_free_gib)
         if args.json:
             print(json.dumps(report, indent=2))
+            # For the CLI: the report on one marker line, last. Whatever runs first may print
+            # on stdout too (the Triton image's entrypoint banner, vLLM's INFO log lines).
+            print(CHECK_PREFIX + json.dumps(report), flush=True)
         else:
             print_check(report)
         return 0 if report["ready"] else 1

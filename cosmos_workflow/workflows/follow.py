@@ -6,12 +6,14 @@ import json
 import posixpath
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TypeVar
 
 from ..errors import CosmosError, SSHError, WorkerError
 from ..remote import jobctl
 from ..remote.base import ShellCommand
+from ..remote.runner import sudo_password_error
 from ..remote.transfer import storage_problem
 from .jobs import parse_progress
 
@@ -80,6 +82,8 @@ def follow_worker(
     """
     seen = 0
     exit_text = None
+    # The last log lines: what the launch itself said when it failed (sudo, docker).
+    last_lines: deque[str] = deque(maxlen=20)
 
     def on_stdout(line: str) -> None:
         nonlocal seen, exit_text
@@ -91,6 +95,7 @@ def follow_worker(
         if progress is not None:
             on_event("progress", **progress)
         else:
+            last_lines.append(line)
             on_event("log", line=line)
 
     def stream() -> None:
@@ -113,6 +118,9 @@ def follow_worker(
             "rerun the same command to resume: finished items are kept",
             code="cancelled",
         )
+    sudo_error = sudo_password_error(last_lines)
+    if sudo_error is not None:
+        return sudo_error
     # A worker that cannot write its results or exit code looks killed: ask the disk first.
     disk = storage_problem(conn, job_dir)
     if disk is not None:

@@ -18,6 +18,9 @@ from ..specs import PromptSpec
 from ..specs.reading import RUN_RECORD_KIND
 
 PROGRESS_PREFIX = "@@cosmos-progress "
+# `worker.py check --json` ends with its report on one line after this marker: whatever ran
+# before it (the Docker image's entrypoint banner, vLLM's log) may have printed on stdout too.
+CHECK_PREFIX = "@@cosmos-check "
 
 
 @dataclass
@@ -85,6 +88,7 @@ class EngineSettings:
     tensor_parallel_size: int = 1
     enable_prefix_caching: bool = True
     enforce_eager: bool = False
+    gpu_memory_utilization: float = 0.98
     checkpoint_dir: str | None = None
     model: str | None = None
     chunk_size: int = 64
@@ -120,6 +124,18 @@ def parse_progress(line: str) -> dict | None:
         return json.loads(line[len(PROGRESS_PREFIX) :])
     except json.JSONDecodeError:
         return None
+
+
+def parse_check_report(stdout: str) -> dict | None:
+    """The report on the last `@@cosmos-check {json}` line of `worker.py check --json`."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(CHECK_PREFIX):
+            try:
+                report = json.loads(line[len(CHECK_PREFIX) :])
+            except json.JSONDecodeError:
+                return None
+            return report if isinstance(report, dict) else None
+    return None
 
 
 def parse_results(data: bytes) -> dict[str, dict]:

@@ -14,6 +14,7 @@ from ..remote import jobctl
 from ..remote import runner as runners
 from ..remote.base import ShellCommand
 from ..remote.transfer import storage_problem
+from .jobs import parse_check_report
 
 
 class RemoteMixin:
@@ -80,13 +81,16 @@ class RemoteMixin:
         return True
 
     def remote_check(self) -> dict:
-        """Run `worker.py check` on the host: Python, vLLM, GPUs, checkpoint files, free disk.
+        """Run `worker.py check` on the host (in the Docker image, or with the direct runner's
+        Python): Python, vLLM and its compiled extension, torch and the GPUs it sees,
+        transformers, the checkpoint files, free disk.
 
         A `remote_dir` that is not a folder on the host is reported as the one problem, and
         nothing is created there (a mistyped path must not become a new folder).
         """
         runner = self.runner_settings()
         checkpoint_dir = self.engine_settings(self.budget()).checkpoint_dir
+        min_free_gib = f"{self.config.worker.min_free_disk_gib:g}"
         with self.connect() as conn:
             if not conn.run(["test", "-d", runner.remote_dir], check=False).ok:
                 return {
@@ -99,17 +103,22 @@ class RemoteMixin:
                 }
             self.ensure_worker(conn, runner.root)
             command = runners.worker_command(
-                runner, "check", "check", "--json", "--checkpoint-dir", checkpoint_dir
+                runner,
+                "check",
+                *("check", "--json", "--checkpoint-dir", checkpoint_dir),
+                *("--min-free-gib", min_free_gib),
             )
             result = conn.run(ShellCommand(command), check=False)
-        try:
-            report = json.loads(result.stdout)
-        except json.JSONDecodeError:
+        report = parse_check_report(result.stdout)
+        if report is None:
+            sudo_error = runners.sudo_password_error(result.stderr.splitlines())
+            if sudo_error is not None:
+                raise sudo_error
             raise RemoteCommandError(
                 f"`worker.py check` exited with code {result.exit_code} and printed no report",
                 "see its stderr: " + (result.stderr.strip().splitlines() or ["(empty)"])[-1],
                 result=result,
-            ) from None
+            )
         report["exit_code"] = result.exit_code
         return report
 

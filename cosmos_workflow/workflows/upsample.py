@@ -64,6 +64,7 @@ class UpsampleMixin:
             sudo=c.docker.sudo,
             shm_size=c.docker.shm_size,
             hf_cache=c.docker.hf_cache,
+            vllm_cache=c.docker.vllm_cache,
             cuda_visible_devices=c.worker.cuda_visible_devices,
             checkpoint_dir=c.checkpoint_dir(),
             env=dict(c.worker.env),
@@ -83,6 +84,7 @@ class UpsampleMixin:
             max_num_seqs=c.worker.max_num_seqs,
             tensor_parallel_size=num_gpu or c.worker.num_gpu,
             enforce_eager=c.worker.enforce_eager,
+            gpu_memory_utilization=c.worker.gpu_memory_utilization,
             chunk_size=c.worker.chunk_size,
             checkpoint_dir=checkpoint_dir,
         )
@@ -126,6 +128,7 @@ class UpsampleMixin:
                 "temperature": engine.temperature,
                 "max_num_seqs": engine.max_num_seqs,
                 "tensor_parallel_size": engine.tensor_parallel_size,
+                "gpu_memory_utilization": engine.gpu_memory_utilization,
             },
             dry_run=dry_run,
         )
