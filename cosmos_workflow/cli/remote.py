@@ -60,7 +60,21 @@ def _versions(report: dict) -> list[tuple[str, str]]:
 
 
 def render_check(report: dict) -> None:
-    """The check report as a table (stdout), then warnings, problems and the verdict (stderr)."""
+    """The check report as a table (stdout), then warnings, problems and the verdict (stderr).
+
+    A report without the worker's findings (the check could not run there, e.g. remote_dir is
+    missing) is only its problems and the verdict.
+    """
+    if "python" in report:
+        _render_check_table(report)
+    for warning in report.get("warnings") or []:
+        print_error_line("warning", warning)
+    for problem in report.get("problems") or []:
+        print_error_line("problem", problem)
+    err.print("ready" if report.get("ready") else "not ready: see the problems above")
+
+
+def _render_check_table(report: dict) -> None:
     table = Table("what", "found", title="GPU host readiness")
     for what, found in _versions(report):
         table.add_row(what, found)
@@ -77,11 +91,6 @@ def render_check(report: dict) -> None:
     free = f"{disk.get('free_bytes', 0) / 2**30:.1f} GiB free at {disk.get('path')}"
     table.add_row("disk", free + (" (low)" if disk.get("low") else ""))
     out.print(table)
-    for warning in report.get("warnings") or []:
-        print_error_line("warning", warning)
-    for problem in report.get("problems") or []:
-        print_error_line("problem", problem)
-    err.print("ready" if report.get("ready") else "not ready: see the problems above")
 
 
 @app.command("trust")
