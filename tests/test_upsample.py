@@ -309,3 +309,22 @@ def test_missing_host_fails_before_any_frame_is_extracted(setup, workdir, isolat
     assert result.exit_code == 2
     assert json.loads(result.stdout)["error"]["code"] == "no_host"
     assert not (isolated_user_state / "cache" / "frames").exists()
+
+
+def test_an_engine_that_fails_to_start_is_named_by_its_root_cause_in_the_first_line(setup, workdir):
+    # vLLM V1: the engine process prints why it failed; its client raises "See root cause above".
+    cause = (
+        "ValueError: Free memory on device (3.2/79.1 GiB) on startup is less than desired GPU "
+        "memory utilization (0.98, 77.52 GiB)."
+    )
+    setup(remote={"transport": "local"}, fail_core=cause)
+    prompts = seed_specs(workdir / "prompts", names=("office_handover",))
+
+    result = upsample(prompts, "--save-dir", workdir / "out")
+
+    assert result.exit_code == 5, result.output
+    error = " ".join(result.stderr.split("error: ", 1)[1].split("hint: ")[0].split())
+    assert error.startswith("the worker exited with code 3: engine failed to start: " + cause)
+    assert "root cause above" not in error
+    assert "gpu_memory_utilization" in result.stderr  # what to change
+    assert not (workdir / "out").exists() or not any((workdir / "out").glob("*.json"))

@@ -354,9 +354,12 @@ def setup_logging(job_dir: str | None) -> None:
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
     formatter.converter = time.gmtime
     log.handlers.clear()
-    log.setLevel(logging.INFO)
+    log.setLevel(logging.DEBUG)
     log.propagate = False
-    handlers = [logging.StreamHandler(sys.stdout)]
+    # stdout is streamed to the user: INFO and up. worker.log also keeps DEBUG (tracebacks).
+    console = logging.StreamHandler(sys.stdout)
+    console.setLevel(logging.INFO)
+    handlers = [console]
     if job_dir:
         handlers.append(logging.FileHandler(os.path.join(job_dir, "worker.log"), encoding="utf-8"))
     for handler in handlers:
@@ -684,7 +687,7 @@ def run_job(job_dir: str, model_override: str | None) -> int:
         except Exception as e:
             sys.stdout.flush()
             cause = root_cause(e, read_from(output_log, output_offset))
-            log.error("%s", traceback.format_exc())
+            log.debug("%s", traceback.format_exc())
             raise EngineStartError(f"engine failed to start: {cause}{start_hint(cause)}") from e
         log.info("engine ready in %.1f s", time.monotonic() - loaded_at)
         files.progressed(state="running")
