@@ -282,3 +282,12 @@ def test_remote_status_shows_a_stalled_job_and_how_to_stop_it(remote, tmp_path, 
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
+
+
+def test_spawned_engine_processes_get_the_aimv2_guard_too():
+    # multiprocessing's spawn runs the parent's main file as __mp_main__ in each engine process.
+    env = {"PYTHONPATH": os.pathsep.join([str(FAKE_VLLM), str(FAKE_TRANSFORMERS)])}
+    env["FAKE_VLLM_PROFILE"] = "0.9"
+    code = f"import runpy; runpy.run_path({str(WORKER)!r}, run_name='__mp_main__'); import vllm"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -968,5 +968,10 @@ def main(argv: list | None = None) -> int:
     return run_job(args.job_dir, args.model)
 
 
+if __name__ == "__mp_main__":
+    # vLLM's engine processes start with multiprocessing's spawn, which imports this file under
+    # this name before anything else: they import vLLM again and need the same guard.
+    tolerate_duplicate_config_registration()
+
 if __name__ == "__main__":
     sys.exit(main())
