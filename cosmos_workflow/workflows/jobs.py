@@ -122,7 +122,11 @@ def parse_progress(line: str) -> dict | None:
 
 
 def parse_results(data: bytes) -> dict[str, dict]:
-    """`results.jsonl` → {item id: result}; a torn last line (killed mid-write) is ignored."""
+    """`results.jsonl` → {item id: result}; a torn last line (killed mid-write) is ignored.
+
+    A rerun of the job retries the items whose result was an error and appends their new
+    line: an item's first success wins, otherwise its latest error.
+    """
     results: dict[str, dict] = {}
     for line in data.decode("utf-8", errors="replace").splitlines():
         line = line.strip()
@@ -133,7 +137,9 @@ def parse_results(data: bytes) -> dict[str, dict]:
         except json.JSONDecodeError:
             continue
         if isinstance(result, dict) and isinstance(result.get("id"), str):
-            results.setdefault(result["id"], result)
+            earlier = results.get(result["id"])
+            if earlier is None or earlier.get("error"):
+                results[result["id"]] = result
     return results
 
 

@@ -19,6 +19,8 @@ Controls (environment variables):
   FAKE_VLLM_FAIL_LOAD   LLM() raises RuntimeError with this message
   FAKE_VLLM_EXIT_AFTER  the process dies (os._exit(137)) when asked for item N+1
   FAKE_VLLM_DEAD_AFTER  chat() raises EngineDeadError when asked for item N+1
+  FAKE_VLLM_REJECT_PROMPT  a request whose prompt text contains this string is rejected
+                        (VLLMValidationError), like one the engine cannot serve
 """
 
 from __future__ import annotations
@@ -137,6 +139,9 @@ class LLM:
                 f"At most {self.image_limit} image(s) may be provided in one prompt."
             )
         text = "".join(texts)
+        reject = os.environ.get("FAKE_VLLM_REJECT_PROMPT")
+        if reject and reject in text:
+            raise VLLMValidationError(f"prompt rejected (contains {reject!r})")
         tokens = _CHAT_FRAME_TOKENS + len(text.encode("utf-8")) // 4 + 1
         tokens += sum(_image_tokens(w, h) for w, h in images)
         if tokens > self.max_model_len:
