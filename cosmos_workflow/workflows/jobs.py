@@ -39,6 +39,8 @@ class PlannedItem:
     output_tokens: int | None = None
     finish_reason: str | None = None
     output: str | None = None  # path of the written spec
+    # Planned (dry run): new | replace | keep | overwrite; done: written | unchanged | kept.
+    output_action: str | None = None
     error: dict | None = None
 
     def fail(self, error: dict) -> None:
@@ -59,6 +61,7 @@ class PlannedItem:
             "name": self.spec.name,
             "status": self.status,
             "output": self.output,
+            "output_action": self.output_action,
             "original_prompt": self.spec.prompt,
             "upsampled_prompt": self.upsampled_prompt,
             "video": str(self.spec.video) if self.spec.video else None,
@@ -168,6 +171,8 @@ class RunRecord:
     timings_s: dict = field(default_factory=dict)
     items: list[PlannedItem] = field(default_factory=list)
     load_errors: list[dict] = field(default_factory=list)  # spec files that could not be read
+    # Files in input folders that cosmos wrote (earlier outputs, run records): not inputs.
+    passed_over: list[dict] = field(default_factory=list)
     _t0: float = field(default_factory=time.monotonic, repr=False)
 
     def finish(self) -> None:
@@ -210,4 +215,5 @@ class RunRecord:
             "counts": self.counts,
             "items": [item.record() for item in self.items],
             "load_errors": self.load_errors,
+            "passed_over": self.passed_over,
         }
