@@ -1201,7 +1201,7 @@ def _(w: World):
                 "length of the input prompt.",
                 "the engine refused what the local count accepted: try a smaller "
                 "--max-resolution or a shorter prompt, and check [upsampling] max_tokens "
-                "matches the engine",
+                "matches the engine; the same command again retries only failed items",
             )
         },
         ok_items=("good",),

@@ -350,7 +350,7 @@ class UpsampleMixin:
                         "message": f"{engine_error.get('type')}: {engine_error.get('message')}",
                         "hint": "the engine refused what the local count accepted: try a smaller "
                         "--max-resolution or a shorter prompt, and check [upsampling] max_tokens "
-                        "matches the engine",
+                        "matches the engine; the same command again retries only failed items",
                     }
                 )
                 continue
