@@ -33,6 +33,7 @@ from cosmos_workflow import tokens
 from cosmos_workflow.cli import app
 from cosmos_workflow.config import SCHEMA
 from cosmos_workflow.media.tools import install_hint
+from cosmos_workflow.specs.outputs import LEDGER_NAME
 
 from .clips import EXAMPLE1, make_clip, make_not_a_video, make_truncated
 from .sshd import SSHServer, free_port, keygen
@@ -1200,7 +1201,7 @@ def _(w: World):
                 "length of the input prompt.",
                 "the engine refused what the local count accepted: try a smaller "
                 "--max-resolution or a shorter prompt, and check [upsampling] max_tokens "
-                "matches the engine",
+                "matches the engine; the same command again retries only failed items",
             )
         },
         ok_items=("good",),
@@ -1358,7 +1359,9 @@ def test_hostile_input_fails_with_one_clear_error_and_writes_nothing(
     saved = {
         re.sub(r"^runs/[0-9a-f]{16}\.json$", "runs/JOB.json", p) for p in files_under(world.save)
     }
-    assert saved == set(expect.saved)
+    # Where an output spec was written, so was the ledger of what cosmos wrote.
+    wrote_specs = set(expect.saved) - {"run.json", "runs/JOB.json"}
+    assert saved == set(expect.saved) | ({LEDGER_NAME} if wrote_specs else set())
     assert snapshot(world.tmp, skip=untouched) == inputs_before
     assert world.sshd.known_hosts.read_bytes() == known_hosts_before
     if not expect.network:
@@ -1427,7 +1430,12 @@ def test_hostile_text_travels_as_plain_data(case_name, world):
     assert output["parent_prompt_text"] == prompt  # byte-exact, whatever it holds
     assert output["name"] == name
     assert [e["prompt"] for e in engine_events(world.engine_log)] == [prompt]
-    assert files_under(world.save) == {output_name, "run.json", f"runs/{item_job(result)}.json"}
+    assert files_under(world.save) == {
+        output_name,
+        LEDGER_NAME,
+        "run.json",
+        f"runs/{item_job(result)}.json",
+    }
     assert snapshot(world.tmp, skip=(world.host, world.save, world.engine_log)) == inputs_before
     # Executed, the shell code would create a file of exactly the canary's name somewhere.
     assert not list(world.tmp.rglob(world.canary.name))
@@ -1460,19 +1468,21 @@ def test_hostile_file_names_and_remote_dir_never_run_on_the_host(world):
         assert not (where / world.canary.name).exists()
 
 
-def test_output_symlink_in_the_save_dir_is_replaced_not_written_through(world):
+def test_output_symlink_in_the_save_dir_is_neither_written_through_nor_replaced(world):
     victim = world.tmp / "victim.txt"
     victim.write_text("must not change\n")
     world.save.mkdir()
     (world.save / "scene.json").symlink_to(victim)
     spec = world.spec("scene")
 
-    result = upsample(spec, "--save-dir", world.save, "--json")
+    result = upsample(spec, "--save-dir", world.save, "--json", "--overwrite")
 
-    assert result.exit_code == 0, (result.stdout, result.stderr)
+    # cosmos did not put the link there: it is someone's file, never replaced (issue 7 §2a).
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    (item,) = _record_of(result)["items"]
+    assert item["error"]["code"] == "output_not_ours"
     assert victim.read_text() == "must not change\n"
-    assert not (world.save / "scene.json").is_symlink()
-    assert json.loads((world.save / "scene.json").read_text())["is_upsampled"] is True
+    assert (world.save / "scene.json").readlink() == victim
 
 
 def test_accept_new_records_an_unknown_host_once_and_runs(world):

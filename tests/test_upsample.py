@@ -138,6 +138,7 @@ def test_clip_that_does_not_fit_fails_alone_before_any_network(setup, workdir):
     assert robot["output"] is None
     assert [e["prompt"] for e in engine_events(setup.engine_log)] == [office["original_prompt"]]
     assert sorted(p.name for p in (workdir / "o").glob("*.json")) == [
+        ".cosmos-outputs.json",  # the ledger of what cosmos wrote there
         "office_handover.json",
         "run.json",
     ]

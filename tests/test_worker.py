@@ -323,6 +323,33 @@ def test_rerun_skips_finished_items_and_drops_a_partial_last_line(remote):
     assert (st["done"], st["failed"], st["pending"], st["state"]) == (3, 0, 0, "done")
 
 
+def test_rerun_retries_items_whose_result_is_an_error_and_keeps_the_successes(remote):
+    items = [
+        {"id": "ok", "prompt": "fine", "frames": [remote.frame(320, 180)] * 2},
+        {"id": "bad", "prompt": "rejected once", "frames": [remote.frame(320, 180, (1, 2, 3))] * 2},
+    ]
+    job_dir = remote.job(items)
+    assert remote.run("run", str(job_dir), reject_prompt="rejected").returncode == 0
+    assert [(r["id"], r["error"] is None) for r in results(job_dir)] == [
+        ("ok", True),
+        ("bad", False),
+    ]
+
+    proc = remote.run("run", str(job_dir))
+
+    assert proc.returncode == 0, proc.stderr
+    assert remote.generated_prompts() == ["fine", "rejected once"]  # "fine" ran once
+    rows = results(job_dir)  # the error line stays; the retry's success is appended
+    assert [(r["id"], r["error"] is None) for r in rows] == [
+        ("ok", True),
+        ("bad", False),
+        ("bad", True),
+    ]
+    st = status(job_dir)
+    assert (st["done"], st["failed"], st["pending"], st["state"]) == (2, 0, 0, "done")
+    assert progress_lines(proc.stdout)[-1] == {"done": 2, "failed": 0, "total": 2, "id": "bad"}
+
+
 def test_rerun_of_a_finished_job_does_not_start_the_engine(remote):
     frames = [remote.frame(320, 180)] * 2
     job_dir = remote.job([{"id": "a", "prompt": "once", "frames": frames}])

@@ -215,6 +215,9 @@ def results(
     save_dir: Annotated[Path | None, typer.Option(help="Where the specs go.")] = None,
     recursive: Annotated[bool, typer.Option("--recursive", help="As given.")] = False,
     force: Annotated[bool, typer.Option("--force", help="As given.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace outputs edited since cosmos wrote them.")
+    ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the run record.")] = False,
 ) -> None:
     """Download a job's results and write the upsampled specs, without running anything.
@@ -224,7 +227,7 @@ def results(
     Works for a job started earlier or from another checkout of the same specs: the inputs
     and options must make the same job id.
     """
-    from .upsample import render_record
+    from .upsample import report
 
     record = orchestrator(ctx.find_root()).upsample(
         inputs,
@@ -234,11 +237,9 @@ def results(
         num_frames=num_frames,
         num_gpu=num_gpu,
         force=force,
+        overwrite=overwrite,
         recursive=recursive,
         collect_job=job,
     )
-    if json_output:
-        print_json(record.to_dict())
-    else:
-        render_record(record)
+    report(record, json_output=json_output)
     raise typer.Exit(record.exit_code)

@@ -13,6 +13,45 @@ from rich.table import Table
 from .common import orchestrator
 from .output import err, handle_errors, out, print_error_line, print_json, styled
 
+# How the table's output column names what happens to an item's output file.
+_OUTPUT_ACTIONS = {
+    "new": "new",
+    "replace": "replaces cosmos' earlier output",
+    "keep": "keep: edited",
+    "overwrite": "overwrite: edited",
+    "unchanged": "unchanged",
+    "kept": "kept: edited",
+}
+
+
+def _output_cell(item: dict) -> str:
+    action = _OUTPUT_ACTIONS.get(item["output_action"] or "")
+    shown = item["output"] or (f"{item['id']}.json" if action else "-")
+    return f"{shown} ({action})" if action else shown
+
+
+def report_passed_over(record) -> None:
+    """One stderr line naming the files in input folders that were not taken as inputs."""
+    passed = record.passed_over
+    if not passed:
+        return
+    names = ", ".join(p["path"] for p in passed[:3]) + (" …" if len(passed) > 3 else "")
+    err.print(
+        f"note: passed over {len(passed)} file(s) cosmos wrote (earlier outputs, run "
+        f"records), not inputs: {names}; name a file on its own to use it as an input",
+        markup=False,
+        highlight=False,
+    )
+
+
+def report(record, *, json_output: bool) -> None:
+    """The run record: JSON on stdout, or the table and one stderr line per problem."""
+    report_passed_over(record)
+    if json_output:
+        print_json(record.to_dict())
+    else:
+        render_record(record)
+
 
 def render_record(record) -> None:
     data = record.to_dict()
@@ -39,12 +78,18 @@ def render_record(record) -> None:
             styled(item["status"], style),
             frames,
             "-" if tokens is None else f"{tokens:,}",
-            item["output"] or "-",
+            _output_cell(item),
             detail,
         )
     out.print(table)
     for error in data["load_errors"]:
         print_error_line("error", error["message"], error.get("hint"))
+    # The table cuts long messages: each item's whole error gets its own line.
+    for item in data["items"]:
+        if item["error"] and item["status"] in ("failed", "skipped"):
+            label = "error" if item["status"] == "failed" else "skipped"
+            error = item["error"]
+            print_error_line(label, f"{item['name']}: {error['message']}", error.get("hint"))
     if record.dry_run:
         err.print(f"would send up to {record.bytes_to_send:,} bytes of frames")
         if record.remote_command:
@@ -161,6 +206,13 @@ def upsample(
     force: Annotated[
         bool, typer.Option("--force", help="Upsample specs already upsampled too.")
     ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace outputs edited since cosmos wrote them (other files never are).",
+        ),
+    ] = False,
     recursive: Annotated[
         bool, typer.Option("--recursive", help="Descend into sub-folders.")
     ] = False,
@@ -193,13 +245,11 @@ def upsample(
                 num_gpu=num_gpu,
                 dry_run=dry_run,
                 force=force,
+                overwrite=overwrite,
                 recursive=recursive,
                 on_event=reporter,
             )
     except KeyboardInterrupt:
         _interrupted(orch, reporter.job_id, cancel_on_interrupt)
-    if json_output:
-        print_json(record.to_dict())
-    else:
-        render_record(record)
+    report(record, json_output=json_output)
     raise typer.Exit(record.exit_code)

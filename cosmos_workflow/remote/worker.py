@@ -21,7 +21,8 @@ Usage:
 
 `run` loads the model once, sends every pending item to vLLM in chunks, and appends a result
 line per item as each chunk finishes; running it again skips the items that already have a
-line. A bad item (too many tokens, unreadable frame) becomes an error result; the others go on.
+successful line (an item whose line is an error is run again). A bad item (too many tokens,
+unreadable frame) becomes an error result; the others go on.
 Exit codes: 0 job ran (item errors included), 2 bad batch or arguments, 3 the engine could not
 start (missing checkpoint, vLLM import or load failure), 4 the engine died during the run or
 the worker was interrupted.
@@ -318,7 +319,8 @@ class JobFiles:
         for line in complete.splitlines():
             try:
                 record = json.loads(line)
-                finished[record["id"]] = record
+                if not record.get("error") or finished.get(record["id"], record).get("error"):
+                    finished[record["id"]] = record  # a success is never undone by an error
             except (ValueError, KeyError, TypeError):
                 log.warning("skipping unreadable line in results.jsonl: %.80r", line)
         return finished
@@ -651,9 +653,10 @@ def run_job(job_dir: str, model_override: str | None) -> int:
         settings, items = batch["settings"], batch["items"]
         files.update_status(job_id=batch["job_id"], total=len(items))
 
-        finished = {k: v for k, v in files.read_finished().items() if k in {i["id"] for i in items}}
-        failed = sum(1 for r in finished.values() if r.get("error"))
-        files.update_status(done=len(finished) - failed, failed=failed)
+        # Only a success finishes an item: one whose result is an error is run again.
+        ids = {i["id"] for i in items}
+        finished = {k for k, v in files.read_finished().items() if k in ids and not v.get("error")}
+        files.update_status(done=len(finished), failed=0)
         pending = [item for item in items if item["id"] not in finished]
         log.info(
             "%d items: %d already finished, %d to run", len(items), len(finished), len(pending)

@@ -33,11 +33,15 @@ An NVIDIA spec is written back with only `prompt` replaced: key order, `input_vi
 (relative to the checkout) and everything else unchanged, no lineage (transfer.py would reject
 it). A seed spec becomes a new spec (new `ps_` id, `is_upsampled`, `parent_prompt_text`, UTC
 timestamp); its media paths are written relative to the output folder when they were relative
-in the input, absolute when they were absolute. Input files are never written.
+in the input, absolute when they were absolute. Input files are never written. The save
+folder's ledger (`outputs`, `.cosmos-outputs.json`) records what cosmos wrote there, so a file
+it did not write is never replaced, a hand edit is noticed, and folder loads pass over earlier
+outputs.
 
 Prompt text is data: it is kept byte-exact (quotes, `$(...)`, newlines, emoji, CJK).
 
-Modules: `model` (the record), `paths` (lookup and rewriting), `reading`, `writing`.
+Modules: `model` (the record), `paths` (lookup and rewriting), `reading`, `writing`,
+`outputs` (the ledger).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from pathlib import Path, PureWindowsPath
 
 from ..errors import SpecError
 from .model import HINT_KEYS, SEED_ONLY_KEYS, PromptSpec, SpecFormat
+from .outputs import LEDGER_KIND, LEDGER_NAME, OutputLedger
 from .paths import is_windows_path, resolve_media
 
 # `cosmos upsample` writes its run record (run.json) beside the specs it writes; a folder load
@@ -185,6 +186,13 @@ def load_spec(path: Path) -> PromptSpec:
             "give the prompt specs (run.json only records what a run did)",
             code="run_record",
         )
+    if obj.get("kind") == LEDGER_KIND:
+        raise _fail(
+            path,
+            f"is cosmos' list of the outputs it wrote ({LEDGER_NAME}), not a prompt spec",
+            "give the prompt specs",
+            code="run_record",
+        )
     spec_format = _spec_format(obj)
     prompt = _text(path, obj, "prompt", required=True)
     negative_prompt = _text(path, obj, "negative_prompt")
@@ -255,16 +263,22 @@ def _spec_files(folder: Path, recursive: bool) -> list[Path]:
 
 
 def load_specs(
-    inputs: list[Path], *, recursive: bool = False
+    inputs: list[Path], *, recursive: bool = False, passed_over: list[dict] | None = None
 ) -> tuple[list[PromptSpec], list[SpecError]]:
     """Load spec files and folders of specs (`*.json`; `recursive=True` descends).
 
     Returns the specs that loaded, in input order (folders sorted by path), and one `SpecError`
     per input that did not (its message starts with the path). A folder without any spec is an
     error too.
+
+    In folders, files cosmos wrote are not inputs: its run records (run.json, runs/*.json) and
+    the outputs its ledger lists (`specs.outputs`). They are appended to `passed_over` as
+    `{"path", "reason"}`. A file named on its own is always an input.
     """
     specs: list[PromptSpec] = []
     errors: list[SpecError] = []
+    passed_over = [] if passed_over is None else passed_over
+    ledgers: dict[Path, OutputLedger] = {}
     for item in inputs:
         item = Path(item)
         if item.is_dir():
@@ -283,10 +297,19 @@ def load_specs(
         else:
             files = [item]
         for file in files:
+            if file is not item:
+                ledger = ledgers.get(file.parent) or OutputLedger.load(file.parent)
+                ledgers[file.parent] = ledger
+                if ledger.lists(file.name):
+                    reason = f"written by cosmos upsample (listed in {LEDGER_NAME})"
+                    passed_over.append({"path": str(file), "reason": reason})
+                    continue
             try:
                 specs.append(load_spec(file))
             except SpecError as exc:
-                if not (exc.code == "run_record" and file is not item):
+                if exc.code == "run_record" and file is not item:
+                    passed_over.append({"path": str(file), "reason": "a cosmos run record"})
+                else:
                     errors.append(exc)
     return specs, errors
 

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import SpecError
-from ..fsutil import atomic_write_json
+from ..fsutil import atomic_write_bytes, json_bytes
 from .model import PromptSpec, SpecFormat
 from .paths import rewrite_path
 
@@ -40,7 +40,8 @@ def output_names(specs, *, out_dir: Path | None = None) -> list[str]:
     """Output file names (`<name>.json`, made safe) for `specs`, one each, in order.
 
     Raises `SpecError` when two specs would write the same file (compared case-insensitively,
-    as on macOS and Windows) or, given `out_dir`, when an output would replace an input spec.
+    as on macOS and Windows) or, given `out_dir`, when an output would replace an input spec
+    (its own, or another one of `specs`).
     """
     names = [f"{safe_file_stem(spec.name)}.json" for spec in specs]
     first_by_key: dict[str, int] = {}
@@ -66,10 +67,12 @@ def output_names(specs, *, out_dir: Path | None = None) -> list[str]:
         first_by_key[key] = index
     if out_dir is not None:
         out = Path(os.path.abspath(out_dir))
-        for spec, name in zip(specs, names, strict=True):
-            if spec.path is not None and Path(os.path.abspath(out / name)) == spec.path:
+        inputs = {os.path.normcase(spec.path): spec.path for spec in specs if spec.path}
+        for name in names:
+            replaced = inputs.get(os.path.normcase(os.path.abspath(out / name)))
+            if replaced is not None:
                 raise SpecError(
-                    f"writing {name} into {out} would replace the input spec {spec.path}",
+                    f"writing {name} into {out} would replace the input spec {replaced}",
                     "choose another --save-dir: input specs are never modified",
                     code="would_overwrite_input",
                 )
@@ -133,8 +136,13 @@ def upsampled_spec(
     return data
 
 
-def write_spec(path: Path, data: dict) -> Path:
-    """Write a spec atomically (UTF-8, non-ASCII kept as is); returns the path."""
+def spec_bytes(data: dict) -> bytes:
+    """The exact bytes `write_spec` writes for `data`."""
     if not isinstance(data, dict):
         raise TypeError("a spec is a dict")
-    return atomic_write_json(path, data)
+    return json_bytes(data)
+
+
+def write_spec(path: Path, data: dict) -> Path:
+    """Write a spec atomically (UTF-8, non-ASCII kept as is); returns the path."""
+    return atomic_write_bytes(path, spec_bytes(data))

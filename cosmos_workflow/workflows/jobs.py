@@ -42,6 +42,8 @@ class PlannedItem:
     output_tokens: int | None = None
     finish_reason: str | None = None
     output: str | None = None  # path of the written spec
+    # Planned (dry run): new | replace | keep | overwrite; done: written | unchanged | kept.
+    output_action: str | None = None
     error: dict | None = None
 
     def fail(self, error: dict) -> None:
@@ -62,6 +64,7 @@ class PlannedItem:
             "name": self.spec.name,
             "status": self.status,
             "output": self.output,
+            "output_action": self.output_action,
             "original_prompt": self.spec.prompt,
             "upsampled_prompt": self.upsampled_prompt,
             "video": str(self.spec.video) if self.spec.video else None,
@@ -139,7 +142,11 @@ def parse_check_report(stdout: str) -> dict | None:
 
 
 def parse_results(data: bytes) -> dict[str, dict]:
-    """`results.jsonl` → {item id: result}; a torn last line (killed mid-write) is ignored."""
+    """`results.jsonl` → {item id: result}; a torn last line (killed mid-write) is ignored.
+
+    A rerun of the job retries the items whose result was an error and appends their new
+    line: an item's first success wins, otherwise its latest error.
+    """
     results: dict[str, dict] = {}
     for line in data.decode("utf-8", errors="replace").splitlines():
         line = line.strip()
@@ -150,7 +157,9 @@ def parse_results(data: bytes) -> dict[str, dict]:
         except json.JSONDecodeError:
             continue
         if isinstance(result, dict) and isinstance(result.get("id"), str):
-            results.setdefault(result["id"], result)
+            earlier = results.get(result["id"])
+            if earlier is None or earlier.get("error"):
+                results[result["id"]] = result
     return results
 
 
@@ -179,6 +188,8 @@ class RunRecord:
     timings_s: dict = field(default_factory=dict)
     items: list[PlannedItem] = field(default_factory=list)
     load_errors: list[dict] = field(default_factory=list)  # spec files that could not be read
+    # Files in input folders that cosmos wrote (earlier outputs, run records): not inputs.
+    passed_over: list[dict] = field(default_factory=list)
     _t0: float = field(default_factory=time.monotonic, repr=False)
 
     def finish(self) -> None:
@@ -221,4 +232,5 @@ class RunRecord:
             "counts": self.counts,
             "items": [item.record() for item in self.items],
             "load_errors": self.load_errors,
+            "passed_over": self.passed_over,
         }

@@ -167,19 +167,25 @@ class ResolutionMixin:
     # -- inputs -----------------------------------------------------------------------------
 
     def load_inputs(
-        self, inputs: list[Path], *, prompt: str | None = None, recursive: bool = False
+        self,
+        inputs: list[Path],
+        *,
+        prompt: str | None = None,
+        recursive: bool = False,
+        passed_over: list[dict] | None = None,
     ) -> tuple[list[PromptSpec], list[CosmosError]]:
         """Specs from spec files, folders of specs and bare videos, in the order given.
 
         A bare video becomes an item with `prompt` (or NVIDIA's default). With `prompt` set,
-        it replaces every spec's own prompt too.
+        it replaces every spec's own prompt too. Files in folders that cosmos wrote are
+        appended to `passed_over` (see `load_specs`).
         """
         specs: list[PromptSpec] = []
         errors: list[CosmosError] = []
         for path in inputs:
             path = Path(path)
             if path.is_dir():
-                found, errs = load_specs([path], recursive=recursive)
+                found, errs = load_specs([path], recursive=recursive, passed_over=passed_over)
                 specs.extend(found)
                 errors.extend(errs)
             elif path.suffix.lower() == ".json":

@@ -21,7 +21,7 @@ from ..fsutil import atomic_write_json
 from ..remote import jobctl
 from ..remote import runner as runners
 from ..remote.transfer import upload_to_cache
-from ..specs import output_names, upsampled_spec, write_spec
+from ..specs import output_names
 from .follow import follow_worker, reconnecting
 from .jobs import (
     EngineSettings,
@@ -31,6 +31,7 @@ from .jobs import (
     job_id_for,
     parse_results,
 )
+from .outputs import plan_outputs, write_outputs
 from .resolution import Budget, CheckItem, Resolution
 
 WORKER_FILE = Path(__file__).resolve().parent.parent / "remote" / "worker.py"
@@ -102,14 +103,18 @@ class UpsampleMixin:
         num_gpu: int | None = None,
         dry_run: bool = False,
         force: bool = False,
+        overwrite: bool = False,
         recursive: bool = False,
         collect_job: str | None = None,
         on_event: Events = _quiet,
     ) -> RunRecord:
         """Upsample every spec in `inputs` in one job on the host; write specs to `save_dir`.
 
-        With `collect_job`, start nothing: check that `inputs` and the options make that job,
-        then download its results and write the outputs (`cosmos remote results`).
+        Outputs follow the save folder's rules (`workflows.outputs`): a file cosmos did not
+        write is never replaced; one it wrote and that was edited since is kept unless
+        `overwrite`. With `collect_job`, start nothing: check that `inputs` and the options
+        make that job, then download its results and write the outputs (`cosmos remote
+        results`).
         """
         save_dir = Path(save_dir or self.config.paths.local_outputs_dir)
         budget = self.budget(frames=num_frames)
@@ -134,8 +139,9 @@ class UpsampleMixin:
         )
         started = time.monotonic()
         items, load_errors = self._plan(
-            inputs, save_dir, budget, preprocess, max_resolution, force, recursive
+            inputs, save_dir, budget, preprocess, max_resolution, force, recursive, record
         )
+        plan_outputs(items, save_dir, overwrite=overwrite)
         record.items = items
         record.load_errors = [_error(e) for e in load_errors]
         if not dry_run:
@@ -170,14 +176,16 @@ class UpsampleMixin:
 
         launch = collect_job is None
         results = self._ship_and_run(record, staged, engine, runner, on_event, launch=launch)
-        self._collect(record, staged, results, save_dir, finished=launch)
+        self._collect(record, staged, results, save_dir, finished=launch, overwrite=overwrite)
         record.finish()
         atomic_write_json(save_dir / "runs" / f"{record.job_id}.json", record.to_dict())
         atomic_write_json(save_dir / "run.json", record.to_dict())
         return record
 
-    def _plan(self, inputs, save_dir, budget, preprocess, max_resolution, force, recursive):
-        specs, load_errors = self.load_inputs(inputs, recursive=recursive)
+    def _plan(self, inputs, save_dir, budget, preprocess, max_resolution, force, recursive, record):
+        specs, load_errors = self.load_inputs(
+            inputs, recursive=recursive, passed_over=record.passed_over
+        )
         if not specs and load_errors:
             raise load_errors[0]
         if not specs:
@@ -319,7 +327,10 @@ class UpsampleMixin:
                     item.fail(_error(failure))
         return results
 
-    def _collect(self, record, staged, results, save_dir: Path, *, finished=True) -> None:
+    def _collect(
+        self, record, staged, results, save_dir: Path, *, finished=True, overwrite=False
+    ) -> None:
+        done = []
         for item in staged:
             result = results.get(item.id)
             if item.status == "failed":
@@ -348,14 +359,13 @@ class UpsampleMixin:
                         "message": f"{engine_error.get('type')}: {engine_error.get('message')}",
                         "hint": "the engine refused what the local count accepted: try a smaller "
                         "--max-resolution or a shorter prompt, and check [upsampling] max_tokens "
-                        "matches the engine",
+                        "matches the engine; the same command again retries only failed items",
                     }
                 )
                 continue
             item.upsampled_prompt = result.get("text", "")
-            data = upsampled_spec(item.spec, item.upsampled_prompt, out_dir=save_dir)
-            item.output = str(write_spec(save_dir / item.output_name, data))
-            item.status = "ok"
+            done.append(item)
+        write_outputs(done, save_dir, overwrite=overwrite)
 
 
 def _upload_gave_up(exc: SSHError, tries: int) -> SSHError:

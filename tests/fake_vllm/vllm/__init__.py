@@ -35,6 +35,8 @@ Controls (environment variables):
   FAKE_VLLM_EXIT_AFTER  the process dies (os._exit(137)) when asked for item N+1
   FAKE_VLLM_DEAD_AFTER  chat() raises EngineDeadError when asked for item N+1 (0.8: hangs)
   FAKE_VLLM_PROFILE     0.32 | 0.9 | 0.8 (above)
+  FAKE_VLLM_REJECT_PROMPT  a request whose prompt text contains this string is rejected
+                        (as one the engine cannot serve)
 """
 
 from __future__ import annotations
@@ -232,6 +234,9 @@ class LLM:
                 f"At most {self.image_limit} image(s) may be provided in one prompt."
             )
         text = "".join(texts)
+        reject = os.environ.get("FAKE_VLLM_REJECT_PROMPT")
+        if reject and reject in text:
+            raise _InvalidRequest(f"prompt rejected (contains {reject!r})")
         tokens = _CHAT_FRAME_TOKENS + len(text.encode("utf-8")) // 4 + 1
         tokens += sum(_image_tokens(w, h) for w, h in images)
         error = _too_long(tokens, self.max_model_len)
