@@ -54,13 +54,20 @@ def _as_str(value: Any) -> str:
     return value
 
 
-def _as_host(value: Any) -> str:
+def _ssh_word(value: Any, what: str) -> str:
+    """A host or user name: one word that no ssh command line could read as an option."""
     text = _as_str(value)
-    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in text):
-        raise ValueError(
-            "a host name, address or ssh config alias (no spaces or control characters)"
-        )
+    if text.startswith("-") or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise ValueError(f"{what} (no spaces or control characters, not starting with -)")
     return text
+
+
+def _as_host(value: Any) -> str:
+    return _ssh_word(value, "a host name, address or ssh config alias")
+
+
+def _as_user(value: Any) -> str:
+    return _ssh_word(value, "a user name")
 
 
 def _as_int(value: Any) -> int:
@@ -203,7 +210,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
             '"ssh" to a GPU host, or "local" to run on this machine (you are on the GPU box)',
         ),
         "host": Field(_as_host, "", "host name, address or ~/.ssh/config alias of the GPU host"),
-        "user": Field(_as_str, "", "SSH user (empty: from ~/.ssh/config, else your login)"),
+        "user": Field(_as_user, "", "SSH user (empty: from ~/.ssh/config, else your login)"),
         "port": Field(_as_port, 22, "SSH port"),
         "ssh_key": Field(_as_path, "", "private key file (empty: ~/.ssh/config or ssh-agent)"),
         "known_hosts": Field(_as_path, "~/.ssh/known_hosts", "where trusted host keys are kept"),
