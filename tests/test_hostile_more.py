@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -265,6 +266,95 @@ def test_every_config_key_takes_hostile_values_without_an_internal_error(workdir
             assert "\n" not in error["message"]
             seen_codes.add(error["code"])
     assert "config_bad_value" in seen_codes  # every key refuses something
+
+
+@pytest.fixture
+def deadline():
+    """A read that blocks (a named pipe) fails the test after 20 s instead of hanging it."""
+
+    def expired(signum, frame):
+        raise TimeoutError("still running after 20 s: something blocks")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def config_file_case(workdir: Path, kind: str) -> Path:
+    path = workdir / f"{kind}.toml"
+    if kind == "not_utf8":
+        path.write_bytes(b"[remote]\nhost = '\xa5\xff'\n")
+    elif kind == "utf16":
+        path.write_bytes("[remote]\nhost = 'gpu'\n".encode("utf-16"))
+    elif kind == "nested_arrays":
+        path.write_text("[worker]\nenv = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    elif kind == "nested_tables":
+        path.write_text("[remote]\nhost = " + "{a = " * 5000 + "1" + "}" * 5000 + "\n")
+    elif kind == "named_pipe":
+        os.mkfifo(path)  # opening it for reading would wait for a writer forever
+    elif kind == "too_large":
+        with open(path, "wb") as f:
+            f.truncate(2 * 1024 * 1024)  # sparse
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind, error, hint",
+    [
+        (
+            "not_utf8",
+            "{path} is not valid TOML: not UTF-8 text (byte 17)",
+            "save the file as UTF-8 (TOML files must be UTF-8)",
+        ),
+        (
+            "utf16",
+            "{path} is not valid TOML: not UTF-8 text (byte 0)",
+            "save the file as UTF-8 (TOML files must be UTF-8)",
+        ),
+        (
+            "nested_arrays",
+            "{path} is not valid TOML for a config: nested too deeply",
+            "fix the syntax (see config.toml in the repo)",
+        ),
+        (
+            "nested_tables",
+            "{path} is not valid TOML for a config: nested too deeply",
+            "fix the syntax (see config.toml in the repo)",
+        ),
+        (
+            "named_pipe",
+            "config file {path} is a named pipe, not a file",
+            "point --config at a config.toml (see config.toml in the repo)",
+        ),
+        (
+            "too_large",
+            "config file {path} is over 1048576 bytes: too large for a config",
+            "point --config at a config.toml (see config.toml in the repo)",
+        ),
+    ],
+)
+def test_config_file_that_is_no_config_is_one_clear_line(workdir, deadline, kind, error, hint):
+    path = config_file_case(workdir, kind)
+    both = [["--config", path, "config", "show"], ["config", "show"]]
+    # ./config.toml is read only when it is a regular file: a pipe there is passed over.
+    for args in both[:1] if kind == "named_pipe" else both:
+        if args[0] == "config":  # the same file as ./config.toml
+            (workdir / "config.toml").unlink(missing_ok=True)
+            (workdir / "config.toml").symlink_to(path)
+            error = error.replace("{path}", "{cwd_path}")
+        result = cosmos(*args)
+        assert_no_internal_error(result)
+        assert result.exit_code == 2
+        shown = error.format(path=path, cwd_path=workdir / "config.toml")
+        assert one_error(result) == (shown, hint)
+
+
+def test_dev_null_is_still_an_empty_config(workdir):
+    result = cosmos("--config", "/dev/null", "config", "show", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["data"]["files"] == ["/dev/null"]
 
 
 @pytest.mark.parametrize(
