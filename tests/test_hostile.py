@@ -1740,3 +1740,27 @@ def test_spec_name_that_looks_like_markup_is_shown_verbatim_not_a_crash(world, c
     assert result.exit_code == (1 if command == "upsample" else 3), result.stderr
     assert "[bold]a[/]b[/]" in result.stdout + result.stderr
     assert "internal error" not in result.stderr
+
+
+def test_deeply_nested_spec_fails_alone_and_its_folder_still_upsamples(world):
+    good = world.spec("good")
+    deep = world.raw_spec("deep.json", "[" * 100_000 + "]" * 100_000)  # RecursionError in json
+    inputs_before = snapshot(world.prompts)
+
+    result = upsample(world.prompts, "--save-dir", world.save, "--json")
+    assert result.exit_code == 1, (result.stdout, result.stderr)  # the batch ran; a spec failed
+    record = _record_of(result)
+    assert [(i["name"], i["status"]) for i in record["items"]] == [("good", "ok")]
+    assert record["load_errors"] == [
+        {
+            "code": "bad_json",
+            "message": f"{deep}: nested more than 64 levels deep; a prompt spec is a flat object",
+            "hint": 'a spec file holds one object: {"prompt": ..., "input_video_path": ...}',
+        }
+    ]
+    assert "good.json" in files_under(world.save)
+    assert (
+        json.loads((world.save / "good.json").read_text())["parent_prompt_text"]
+        == (json.loads(good.read_text())["prompt"])
+    )
+    assert snapshot(world.prompts) == inputs_before
