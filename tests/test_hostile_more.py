@@ -497,3 +497,21 @@ def test_ssh_keygen_hint_quotes_the_known_hosts_path(workdir, sshd, other_host_k
         "-f",
         str(known),
     ]
+
+
+@pytest.mark.parametrize("port", ["99999999999999999999", "abc", "0"])
+def test_ssh_config_port_that_is_no_port_is_one_clear_line(workdir, sshd, monkeypatch, port):
+    home = workdir / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text(f"Host gpu\n  HostName 127.0.0.1\n  Port {port}\n")
+    monkeypatch.setenv("HOME", str(home))  # ~/.ssh/config is where the alias is looked up
+    remote = sshd_remote(sshd, host="gpu")
+    del remote["port"]  # from the ssh config
+    write_config(workdir / "config.toml", {"remote": remote})
+    result = cosmos("remote", "check")
+    assert_no_internal_error(result)
+    assert result.exit_code == 4
+    assert one_error(result) == (
+        f"Port {port!r} for gpu in the ssh config is not a port number",
+        "fix the Port line of your ssh config (1 to 65535), or set [remote] port",
+    )

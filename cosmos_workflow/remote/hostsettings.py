@@ -84,10 +84,22 @@ def resolve_host(settings: HostSettings) -> ResolvedHost:
         # Like OpenSSH, IdentityFile entries that do not exist are skipped.
         found = [Path(p).expanduser() for p in entry.get("identityfile", [])]
         key_files = tuple(check_key_file(p) for p in found if p.exists())
+    port = settings.port or entry.get("port", 22)
+    try:
+        port = int(port)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:  # also keeps an over-long Port out of socket's C long
+        raise SSHError(
+            f"Port {entry.get('port')!r} for {settings.host} in the ssh config is not a port "
+            "number",
+            "fix the Port line of your ssh config (1 to 65535), or set [remote] port",
+            code="ssh_config",
+        )
     return ResolvedHost(
         alias=settings.host,
         hostname=entry.get("hostname", settings.host),
-        port=int(settings.port or entry.get("port", 22)),
+        port=port,
         user=settings.user or entry.get("user") or getpass.getuser(),
         key_files=key_files,
         known_hosts=Path(settings.known_hosts or "~/.ssh/known_hosts").expanduser(),
