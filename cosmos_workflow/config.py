@@ -22,6 +22,7 @@ import dataclasses
 import math
 import os
 import re
+import stat
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -54,13 +55,20 @@ def _as_str(value: Any) -> str:
     return value
 
 
-def _as_host(value: Any) -> str:
+def _ssh_word(value: Any, what: str) -> str:
+    """A host or user name: one word that no ssh command line could read as an option."""
     text = _as_str(value)
-    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in text):
-        raise ValueError(
-            "a host name, address or ssh config alias (no spaces or control characters)"
-        )
+    if text.startswith("-") or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise ValueError(f"{what} (no spaces or control characters, not starting with -)")
     return text
+
+
+def _as_host(value: Any) -> str:
+    return _ssh_word(value, "a host name, address or ssh config alias")
+
+
+def _as_user(value: Any) -> str:
+    return _ssh_word(value, "a user name")
 
 
 def _as_int(value: Any) -> int:
@@ -210,7 +218,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
             '"ssh" to a GPU host, or "local" to run on this machine (you are on the GPU box)',
         ),
         "host": Field(_as_host, "", "host name, address or ~/.ssh/config alias of the GPU host"),
-        "user": Field(_as_str, "", "SSH user (empty: from ~/.ssh/config, else your login)"),
+        "user": Field(_as_user, "", "SSH user (empty: from ~/.ssh/config, else your login)"),
         "port": Field(_as_port, 22, "SSH port"),
         "ssh_key": Field(_as_path, "", "private key file (empty: ~/.ssh/config or ssh-agent)"),
         "known_hosts": Field(_as_path, "~/.ssh/known_hosts", "where trusted host keys are kept"),
@@ -433,18 +441,52 @@ def user_cache_dir() -> Path:
     return Path(base) / APP_NAME
 
 
+# A config file is a few hundred bytes; /dev/zero given as --config is not one.
+_MAX_CONFIG_BYTES = 1024 * 1024
+
+
 def _read_toml(path: Path) -> dict:
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
+        with open(path, "rb", opener=_open_nonblocking) as f:
+            if stat.S_ISFIFO(os.fstat(f.fileno()).st_mode):
+                raise ConfigError(
+                    f"config file {path} is a named pipe, not a file",
+                    "point --config at a config.toml (see config.toml in the repo)",
+                )
+            # Bounded: /dev/zero (or a huge file) must not be read whole. /dev/null stays fine.
+            data = f.read(_MAX_CONFIG_BYTES + 1)
+        if len(data) > _MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"config file {path} is over {_MAX_CONFIG_BYTES} bytes: too large for a config",
+                "point --config at a config.toml (see config.toml in the repo)",
+            )
+        return tomllib.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist", "check the --config path") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(
             f"{path} is not valid TOML: {exc}", "fix the syntax (see config.toml in the repo)"
         ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not valid TOML: not UTF-8 text (byte {exc.start})",
+            "save the file as UTF-8 (TOML files must be UTF-8)",
+        ) from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise ConfigError(
+            f"{path} is not valid TOML for a config: nested too deeply",
+            "fix the syntax (see config.toml in the repo)",
+        ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    """Open without blocking on a named pipe (no writer), so it can be refused by its type."""
+    fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+    if hasattr(os, "O_NONBLOCK"):
+        os.set_blocking(fd, True)
+    return fd
 
 
 def _apply(values: dict, section: str, key: str, raw: Any, origin: str, sources: dict) -> None:

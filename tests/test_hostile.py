@@ -470,6 +470,41 @@ def _(w: World):
     )
 
 
+@case("max_resolution_of_5000_digits")
+def _(w: World):
+    spec = w.spec("scene")
+    height = "9" * 5000  # over int()'s 4300-digit limit: was a ValueError, exit 70
+    return [spec, "--max-resolution", height], Expect(
+        2,
+        "bad_resolution",
+        f"resolution {height!r} is not understood",
+        'use "source", "auto", a height like "480", or a size like "320x180"',
+    )
+
+
+@case("save_dir_with_a_name_over_255_bytes")
+def _(w: World):
+    save = w.work / ("x" * 300)
+    return [w.spec("scene"), "--save-dir", save], Expect(
+        2,
+        "save_dir_not_writable",
+        f"cannot write to --save-dir {save}: File name too long",
+        "choose a folder you can write to",
+    )
+
+
+@case("save_dir_below_a_file")
+def _(w: World):
+    notes = w.work / "notes.txt"
+    notes.write_text("notes\n")
+    return [w.spec("scene"), "--save-dir", notes / "out"], Expect(
+        2,
+        "save_dir_not_writable",
+        f"cannot write to --save-dir {notes / 'out'}: Not a directory",
+        "choose a folder you can write to",
+    )
+
+
 @case("bad_max_resolution")
 def _(w: World):
     spec = w.spec("scene")
@@ -783,8 +818,59 @@ def _(w: World):
         2,
         "config_bad_value",
         f"{w.config}: [remote] host = {host!r} is not valid; expected a host name, address or "
-        "ssh config alias (no spaces or control characters)",
+        "ssh config alias (no spaces or control characters, not starting with -)",
         "host: host name, address or ~/.ssh/config alias of the GPU host",
+    )
+
+
+@case("host_that_reads_as_an_ssh_option")
+def _(w: World):
+    host = f"-oProxyCommand=touch${{IFS}}{w.canary}"  # one word: no space to refuse it by
+    w.configure(remote=w.remote(host=host))
+    return [w.spec("scene")], Expect(
+        2,
+        "config_bad_value",
+        f"{w.config}: [remote] host = {host!r} is not valid; expected a host name, address or "
+        "ssh config alias (no spaces or control characters, not starting with -)",
+        "host: host name, address or ~/.ssh/config alias of the GPU host",
+    )
+
+
+@case("user_smuggling_an_ssh_option")
+def _(w: World):
+    user = f"ubuntu -oProxyCommand=touch {w.canary}"
+    w.configure(remote=w.remote(user=user))
+    return [w.spec("scene")], Expect(
+        2,
+        "config_bad_value",
+        f"{w.config}: [remote] user = {user!r} is not valid; expected a user name (no spaces or "
+        "control characters, not starting with -)",
+        "user: SSH user (empty: from ~/.ssh/config, else your login)",
+    )
+
+
+@case("user_that_reads_as_an_ssh_option")
+def _(w: World):
+    user = f"-oProxyCommand=touch${{IFS}}{w.canary}"
+    w.configure(remote=w.remote(user=user))
+    return [w.spec("scene")], Expect(
+        2,
+        "config_bad_value",
+        f"{w.config}: [remote] user = {user!r} is not valid; expected a user name (no spaces or "
+        "control characters, not starting with -)",
+        "user: SSH user (empty: from ~/.ssh/config, else your login)",
+    )
+
+
+@case("user_with_a_newline_in_the_environment")
+def _(w: World):
+    w.monkeypatch.setenv("COSMOS_REMOTE_USER", "ubuntu\nroot")
+    return [w.spec("scene")], Expect(
+        2,
+        "config_bad_value",
+        "environment COSMOS_REMOTE_USER: [remote] user = 'ubuntu\\nroot' is not valid; expected "
+        "a user name (no spaces or control characters, not starting with -)",
+        "user: SSH user (empty: from ~/.ssh/config, else your login)",
     )
 
 
@@ -976,7 +1062,91 @@ def _(w: World):
         4,
         "ssh_key_passphrase",
         f"the SSH key for {s.user}@{s.host}:{s.port} is protected by a passphrase",
-        "load it into ssh-agent with `ssh-add <key>`",
+        f"load it into ssh-agent with `ssh-add {key}`",
+        network=True,
+    )
+
+
+@case("ssh_key_in_pem_with_a_passphrase_and_no_agent")
+def _(w: World):
+    # paramiko tries the file as RSA, ECDSA, then Ed25519 and re-raised the last parse error,
+    # "encountered RSA key, expected OPENSSH key", as a failed handshake.
+    w.monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    key = w.tmp / "id_rsa locked"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-m", "PEM", "-N", "correct horse"]
+        + ["-f", str(key)],
+        check=True,
+    )
+    w.configure(remote=w.remote(ssh_key=str(key)))
+    s = w.sshd
+    return [w.spec("scene")], Expect(
+        4,
+        "ssh_key_passphrase",
+        f"the SSH key for {s.user}@{s.host}:{s.port} is protected by a passphrase",
+        f"load it into ssh-agent with `ssh-add '{key}'`",
+        network=True,
+    )
+
+
+@case("ssh_key_of_random_bytes")
+def _(w: World):
+    key = w.tmp / "id_random"
+    key.write_bytes(bytes((n * 167 + 13) % 256 for n in range(2048)))  # 0xa5… is no UTF-8
+    key.chmod(0o600)
+    w.configure(remote=w.remote(ssh_key=str(key)))
+    return [w.spec("scene")], Expect(
+        4,
+        "ssh_key_invalid",
+        f"SSH key {key} is not a private key paramiko can read",
+        "point [remote] ssh_key at your private key, in OpenSSH or PEM format",
+        network=True,
+    )
+
+
+@case("ssh_key_of_utf16_text")
+def _(w: World):
+    key = w.tmp / "id_utf16"
+    key.write_bytes("-----BEGIN OPENSSH PRIVATE KEY-----\n".encode("utf-16"))
+    key.chmod(0o600)
+    w.configure(remote=w.remote(ssh_key=str(key)))
+    return [w.spec("scene")], Expect(
+        4,
+        "ssh_key_invalid",
+        f"SSH key {key} is not a private key paramiko can read",
+        "point [remote] ssh_key at your private key, in OpenSSH or PEM format",
+        network=True,
+    )
+
+
+@case("ssh_key_far_too_large")
+def _(w: World):
+    key = w.tmp / "id_huge"
+    with open(key, "wb") as f:
+        f.truncate(64 * 1024 * 1024)  # sparse: nothing written, paramiko would read it all
+    key.chmod(0o600)
+    w.configure(remote=w.remote(ssh_key=str(key)))
+    return [w.spec("scene")], Expect(
+        4,
+        "ssh_key_invalid",
+        f"SSH key {key} is {64 * 1024 * 1024} bytes: too large to be a private key",
+        "point [remote] ssh_key at your private key file (e.g. ~/.ssh/id_ed25519)",
+    )
+
+
+@case("ecdsa_key_not_authorized_on_the_host")
+def _(w: World):
+    # Was "SSH handshake … failed: Invalid key" (paramiko's Ed25519 parse of an ECDSA file).
+    key = w.tmp / "id_ecdsa"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-f", str(key)], check=True)
+    w.configure(remote=w.remote(ssh_key=str(key)))
+    s = w.sshd
+    return [w.spec("scene")], Expect(
+        4,
+        "auth_failed",
+        f"{s.user}@{s.host}:{s.port} refused our login (keys tried: {key})",
+        f"check the user and that the key is in the host's authorized_keys; try "
+        f"`ssh -p {s.port} {s.user}@{s.host}`",
         network=True,
     )
 
@@ -1580,3 +1750,27 @@ def test_spec_name_that_looks_like_markup_is_shown_verbatim_not_a_crash(world, c
     assert result.exit_code == (1 if command == "upsample" else 3), result.stderr
     assert "[bold]a[/]b[/]" in result.stdout + result.stderr
     assert "internal error" not in result.stderr
+
+
+def test_deeply_nested_spec_fails_alone_and_its_folder_still_upsamples(world):
+    good = world.spec("good")
+    deep = world.raw_spec("deep.json", "[" * 100_000 + "]" * 100_000)  # RecursionError in json
+    inputs_before = snapshot(world.prompts)
+
+    result = upsample(world.prompts, "--save-dir", world.save, "--json")
+    assert result.exit_code == 1, (result.stdout, result.stderr)  # the batch ran; a spec failed
+    record = _record_of(result)
+    assert [(i["name"], i["status"]) for i in record["items"]] == [("good", "ok")]
+    assert record["load_errors"] == [
+        {
+            "code": "bad_json",
+            "message": f"{deep}: nested more than 64 levels deep; a prompt spec is a flat object",
+            "hint": 'a spec file holds one object: {"prompt": ..., "input_video_path": ...}',
+        }
+    ]
+    assert "good.json" in files_under(world.save)
+    assert (
+        json.loads((world.save / "good.json").read_text())["parent_prompt_text"]
+        == (json.loads(good.read_text())["prompt"])
+    )
+    assert snapshot(world.prompts) == inputs_before

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import shlex
 import socket
 import stat
 from dataclasses import dataclass
@@ -83,10 +84,22 @@ def resolve_host(settings: HostSettings) -> ResolvedHost:
         # Like OpenSSH, IdentityFile entries that do not exist are skipped.
         found = [Path(p).expanduser() for p in entry.get("identityfile", [])]
         key_files = tuple(check_key_file(p) for p in found if p.exists())
+    port = settings.port or entry.get("port", 22)
+    try:
+        port = int(port)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:  # also keeps an over-long Port out of socket's C long
+        raise SSHError(
+            f"Port {entry.get('port')!r} for {settings.host} in the ssh config is not a port "
+            "number",
+            "fix the Port line of your ssh config (1 to 65535), or set [remote] port",
+            code="ssh_config",
+        )
     return ResolvedHost(
         alias=settings.host,
         hostname=entry.get("hostname", settings.host),
-        port=int(settings.port or entry.get("port", 22)),
+        port=port,
         user=settings.user or entry.get("user") or getpass.getuser(),
         key_files=key_files,
         known_hosts=Path(settings.known_hosts or "~/.ssh/known_hosts").expanduser(),
@@ -119,14 +132,39 @@ def check_key_file(path: Path) -> Path:
             "fix [remote] ssh_key, or leave it empty to use ~/.ssh/config or ssh-agent",
             code="ssh_key_missing",
         )
-    mode = stat.S_IMODE(path.stat().st_mode)
+    st = path.stat()
+    mode = stat.S_IMODE(st.st_mode)
     if os.name == "posix" and mode & 0o077:
         raise SSHError(
             f"SSH key {path} has permissions {mode:04o}: others can read it, so it is refused",
-            f"run: chmod 600 {path}",
+            f"run: chmod 600 {shlex.quote(str(path))}",
             code="ssh_key_permissions",
         )
+    if st.st_size > _MAX_KEY_BYTES:
+        # paramiko would read all of it into memory before saying it is no key.
+        raise SSHError(
+            f"SSH key {path} is {st.st_size} bytes: too large to be a private key",
+            "point [remote] ssh_key at your private key file (e.g. ~/.ssh/id_ed25519)",
+            code="ssh_key_invalid",
+        )
     return path
+
+
+# An RSA-16384 private key in PEM is about 12 kB; nothing this large is a key.
+_MAX_KEY_BYTES = 1024 * 1024
+
+
+def _key_state(path: Path) -> str:
+    """One of "ok", "locked" (needs a passphrase), "public" or "unreadable"."""
+    try:
+        paramiko.PKey.from_path(path)
+    except (paramiko.PasswordRequiredException, TypeError):
+        return "locked"  # cryptography says so with a TypeError when given no password
+    except Exception:  # noqa: BLE001 - ValueError, UnknownKeyType, SSHException, OSError…
+        if path.suffix == ".pub" or _starts_with(path, b"ssh-"):
+            return "public"
+        return "unreadable"
+    return "ok"
 
 
 def unreadable_key_error(key_files: tuple[Path, ...]) -> SSHError | None:
@@ -135,24 +173,54 @@ def unreadable_key_error(key_files: tuple[Path, ...]) -> SSHError | None:
     A passphrase-protected key counts as readable: ssh-agent may hold it unlocked.
     """
     for path in key_files:
-        try:
-            paramiko.PKey.from_path(path)
-        except (paramiko.PasswordRequiredException, TypeError):
-            continue  # encrypted (cryptography says so with a TypeError when given no password)
-        except Exception:  # noqa: BLE001 - ValueError, UnknownKeyType, SSHException, OSError…
-            # The parser's own words (a cryptography FAQ link) say nothing more useful.
-            if path.suffix == ".pub" or _starts_with(path, b"ssh-"):
-                return SSHError(
-                    f"SSH key {path} is a public key",
-                    "point [remote] ssh_key at the private key, not the public one (.pub)",
-                    code="ssh_key_invalid",
-                )
+        state = _key_state(path)
+        # The parser's own words (a cryptography FAQ link) say nothing more useful.
+        if state == "public":
+            return SSHError(
+                f"SSH key {path} is a public key",
+                "point [remote] ssh_key at the private key, not the public one (.pub)",
+                code="ssh_key_invalid",
+            )
+        if state == "unreadable":
             return SSHError(
                 f"SSH key {path} is not a private key paramiko can read",
                 "point [remote] ssh_key at your private key, in OpenSSH or PEM format",
                 code="ssh_key_invalid",
             )
     return None
+
+
+def passphrase_error(host: ResolvedHost) -> SSHError:
+    """No key could be used: one needs a passphrase we do not have (and ssh-agent lacks it)."""
+    locked = next((p for p in host.key_files if _key_state(p) == "locked"), None)
+    key = "<key>" if locked is None else shlex.quote(str(locked))
+    return SSHError(
+        f"the SSH key for {host.description} is protected by a passphrase",
+        f"load it into ssh-agent with `ssh-add {key}`",
+        code="ssh_key_passphrase",
+    )
+
+
+def login_refused_error(host: ResolvedHost) -> SSHError:
+    keys = ", ".join(str(p) for p in host.key_files) or "ssh-agent / ~/.ssh/id_*"
+    return SSHError(
+        f"{host.description} refused our login (keys tried: {keys})",
+        "check the user and that the key is in the host's authorized_keys; try "
+        f"`ssh -p {host.port} {shlex.quote(f'{host.user}@{host.hostname}')}`",
+        code="auth_failed",
+    )
+
+
+def auth_error(host: ResolvedHost) -> SSHError:
+    """Why the login failed, once the handshake is done and every key file is readable.
+
+    paramiko tries each key file as RSA, ECDSA and Ed25519 in turn and re-raises the last
+    parse error ("Invalid key", "encountered RSA key, expected OPENSSH key"), which hides the
+    refusal or the passphrase behind it.
+    """
+    if any(_key_state(p) == "locked" for p in host.key_files):
+        return passphrase_error(host)
+    return login_refused_error(host)
 
 
 def _starts_with(path: Path, prefix: bytes) -> bool:

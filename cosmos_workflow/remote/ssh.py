@@ -33,8 +33,11 @@ from .hostkeys import HostKeyInfo
 from .hostsettings import (
     HostSettings,
     ResolvedHost,
+    auth_error,
     handshake_error,
+    login_refused_error,
     open_socket,
+    passphrase_error,
     resolve_host,
     unreadable_key_error,
 )
@@ -160,27 +163,24 @@ class Connection(SFTPOperations):
             ) from e
         except paramiko.PasswordRequiredException as e:
             client.close()
-            raise SSHError(
-                f"the SSH key for {host.description} is protected by a passphrase",
-                "load it into ssh-agent with `ssh-add <key>`",
-                code="ssh_key_passphrase",
-            ) from e
+            raise passphrase_error(host) from e
         except paramiko.AuthenticationException as e:
             client.close()
-            keys = ", ".join(str(p) for p in host.key_files) or "ssh-agent / ~/.ssh/id_*"
-            raise SSHError(
-                f"{host.description} refused our login (keys tried: {keys})",
-                f"check the user and that the key is in the host's authorized_keys; "
-                f"try `ssh -p {host.port} {host.user}@{host.hostname}`",
-                code="auth_failed",
-            ) from e
-        except (paramiko.SSHException, OSError, EOFError) as e:
+            raise login_refused_error(host) from e
+        except (paramiko.SSHException, OSError, EOFError, ValueError) as e:
+            # ValueError: a key file of random bytes fails paramiko's parse with a
+            # UnicodeDecodeError.
+            transport = client.get_transport()
+            # A session id exists once the key exchange is done: what failed was the login.
+            logging_in = transport is not None and transport.session_id is not None
+            logging_in = logging_in and isinstance(e, paramiko.SSHException)
             client.close()
             # paramiko reports a key file it cannot parse as a bare SSHException, which would
             # read as a failed handshake ("is this the SSH port?"): name the key instead.
-            raise unreadable_key_error(host.key_files) or handshake_error(
-                e, host, timeout_s, clock
-            ) from e
+            error = unreadable_key_error(host.key_files)
+            if error is None and logging_in:
+                error = auth_error(host)
+            raise error or handshake_error(e, host, timeout_s, clock) from e
         transport = client.get_transport()
         if self.settings.keepalive_s > 0:
             transport.set_keepalive(self.settings.keepalive_s)

@@ -46,6 +46,12 @@ def resolve_media(
     where = f"{spec_path}: " if spec_path is not None else ""
     if not text.strip():
         return None, SpecError(f"{where}{key} is empty", "give the path of a video file")
+    if "\x00" in text:
+        return None, SpecError(
+            f"{where}{key} {text!r} holds a NUL character, which no file name can",
+            f"fix {key} to the path of a video file",
+            code="bad_path",
+        )
     if is_windows_path(text):
         return None, SpecError(
             f"{where}{key} {text!r} is a Windows path, which does not exist on this machine",
@@ -71,10 +77,17 @@ def resolve_media(
         if absolute in looked:
             continue
         looked.append(absolute)
-        if absolute.is_file():
-            return absolute.resolve(), None
-        if absolute.exists():
-            not_files.append(absolute)
+        try:
+            if absolute.is_file():
+                return absolute.resolve(), None
+            if absolute.exists():
+                not_files.append(absolute)
+        except OSError as exc:  # a name over 255 bytes, a path over PATH_MAX, …
+            return None, SpecError(
+                f"{where}{key} {text!r} cannot be looked up: {exc.strerror or exc}",
+                f"fix {key} to the path of a video file",
+                code="bad_path",
+            )
     if not_files:
         # "not found" would be wrong (the path exists) and send the user looking elsewhere.
         # A pipe or device is refused here, before anything could block reading it.

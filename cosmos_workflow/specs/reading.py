@@ -18,6 +18,11 @@ RUN_RECORD_KIND = "cosmos-run-record"
 
 # A spec is a few kB; anything this big is not one (and is not worth reading into memory).
 _MAX_SPEC_BYTES = 16 * 1024 * 1024
+# A spec is an object of strings and one level of control objects. Deeper nesting is refused
+# before anything else walks it: json (and later json.dumps when a spec is written) recurses
+# once per level, and Python's recursion limit (~1000 frames, part of them the CLI's own) is
+# not a limit an input may reach.
+_MAX_SPEC_DEPTH = 64
 
 
 def _fail(path: Path, reason: str, hint: str | None = None, code: str = "bad_spec") -> SpecError:
@@ -78,6 +83,18 @@ def _read_json(path: Path) -> dict:
             "fix the JSON syntax (a missing comma or quote is the usual cause)",
             code="bad_json",
         ) from None
+    except RecursionError:
+        raise _too_deep(path) from None
+    except ValueError as exc:
+        # Not a syntax error: an integer literal over Python's 4300-digit conversion limit.
+        raise _fail(
+            path,
+            f"holds a number JSON cannot hold sensibly ({str(exc).split(':')[0]})",
+            "a spec holds text and paths; remove the oversized number",
+            code="bad_json",
+        ) from None
+    if _depth_exceeds(obj, _MAX_SPEC_DEPTH):
+        raise _too_deep(path)
     if not isinstance(obj, dict):
         raise _fail(
             path,
@@ -85,6 +102,28 @@ def _read_json(path: Path) -> dict:
             'a spec file holds one object: {"prompt": ..., "input_video_path": ...}',
         )
     return obj
+
+
+def _too_deep(path: Path) -> SpecError:
+    return _fail(
+        path,
+        f"nested more than {_MAX_SPEC_DEPTH} levels deep; a prompt spec is a flat object",
+        'a spec file holds one object: {"prompt": ..., "input_video_path": ...}',
+        code="bad_json",
+    )
+
+
+def _depth_exceeds(obj: object, limit: int) -> bool:
+    """True if lists/objects nest more than `limit` levels (iterative: no recursion to hit)."""
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > limit:
+                return True
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _text(path: Path, obj: dict, key: str, *, required: bool = False) -> str | None:
@@ -281,7 +320,19 @@ def load_specs(
     ledgers: dict[Path, OutputLedger] = {}
     for item in inputs:
         item = Path(item)
-        if item.is_dir():
+        try:
+            is_dir = item.is_dir()
+        except OSError as exc:  # a name over 255 bytes, a path over PATH_MAX, …
+            errors.append(
+                _fail(
+                    item,
+                    f"cannot be looked up ({exc.strerror or exc})",
+                    "check the path; give a spec .json, a folder of specs or a video",
+                    code="spec_not_found",
+                )
+            )
+            continue
+        if is_dir:
             files = _spec_files(item, recursive)
             if not files:
                 errors.append(

@@ -5,6 +5,8 @@ Everything here runs on the user's machine, without a GPU and without network tr
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,8 +34,12 @@ class Resolution:
         value = text.strip().lower()
         if value in ("source", "auto"):
             return cls(value)
-        if value.isdigit() and int(value) >= 2:
-            return cls("height", height=int(value))
+        try:
+            height = int(value) if value.isdigit() else 0
+        except ValueError:  # "²" is a digit int() refuses; so is a number over 4300 digits
+            height = 0
+        if height >= 2:
+            return cls("height", height=height)
         try:
             width, height = tokens.parse_size(value)
         except ValueError:
@@ -184,7 +190,18 @@ class ResolutionMixin:
         errors: list[CosmosError] = []
         for path in inputs:
             path = Path(path)
-            if path.is_dir():
+            try:
+                is_dir, exists = path.is_dir(), path.exists()
+            except OSError as exc:  # a name over 255 bytes, a path over PATH_MAX, …
+                errors.append(
+                    SpecError(
+                        f"{path}: cannot be looked up ({exc.strerror or exc})",
+                        "give a spec .json, a folder of specs or a video",
+                        code="input_not_found",
+                    )
+                )
+                continue
+            if is_dir:
                 found, errs = load_specs([path], recursive=recursive, passed_over=passed_over)
                 specs.extend(found)
                 errors.extend(errs)
@@ -193,7 +210,7 @@ class ResolutionMixin:
                     specs.append(load_spec(path))
                 except CosmosError as exc:
                     errors.append(exc)
-            elif path.exists():
+            elif exists:
                 specs.append(spec_for_video(path, prompt or ""))
             else:
                 errors.append(
@@ -351,14 +368,24 @@ class ResolutionMixin:
         report = self.check(
             inputs, prompt=prompt, resolution=resolution, budget=budget, recursive=recursive
         )
+        if any(item.error is None for item in report.items):
+            check_writable_dir(Path(out_dir), "--out", "out_dir_not_writable")
         cache = self.frame_cache()
         for item in report.items:
             if item.error is None:
+                item_dir = Path(out_dir) / safe_file_stem(item.name)
                 try:
-                    item_dir = Path(out_dir) / safe_file_stem(item.name)
                     self._prepare_item(item, cache, item_dir, budget, preview)
                 except MediaError as exc:
                     item.error = _error_dict(exc)
+                except OSError as exc:  # the disk filled up, a file in the way, …
+                    item.error = _error_dict(
+                        CosmosError(
+                            f"cannot write {item_dir}: {exc.strerror or exc}",
+                            "check the --out folder: free space, permissions",
+                            code="write_failed",
+                        )
+                    )
             if on_item is not None:
                 on_item(item)
         return report
@@ -383,6 +410,27 @@ class ResolutionMixin:
             per_frame = item.image_tokens // max(1, budget.frames)
             label = f"{item.frame_width}×{item.frame_height} · {per_frame} tokens"
             media.contact_sheet(written, [label] * len(written), item_dir / "preview.png")
+
+
+def check_writable_dir(folder: Path, flag: str, code: str) -> None:
+    """Fail before any work (or network traffic) when outputs could not be written there."""
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise CosmosError(
+                f"cannot write to {flag} {folder}: it is a file, not a folder",
+                "choose a folder you can write to",
+                code=code,
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".cosmos-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:  # read-only, a name over 255 bytes, below a file (/dev/null/x), …
+        raise CosmosError(
+            f"cannot write to {flag} {folder}: {exc.strerror or exc}",
+            "choose a folder you can write to",
+            code=code,
+        ) from None
 
 
 def _with_prompt(spec: PromptSpec, prompt: str) -> PromptSpec:

@@ -7,9 +7,7 @@ operations that does not grow with the batch (see `RunRecord.ops`).
 
 from __future__ import annotations
 
-import os
 import posixpath
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +30,7 @@ from .jobs import (
     parse_results,
 )
 from .outputs import plan_outputs, write_outputs
-from .resolution import Budget, CheckItem, Resolution
+from .resolution import Budget, CheckItem, Resolution, check_writable_dir
 
 WORKER_FILE = Path(__file__).resolve().parent.parent / "remote" / "worker.py"
 MODEL_NAME = "nvidia/Cosmos-UpsamplePrompt1-12B-Transfer"
@@ -145,7 +143,7 @@ class UpsampleMixin:
         record.items = items
         record.load_errors = [_error(e) for e in load_errors]
         if not dry_run:
-            _check_writable(save_dir)
+            check_writable_dir(save_dir, "--save-dir", "save_dir_not_writable")
             if self.config.remote.transport == "ssh":
                 self.host_settings()  # "no host configured" before any extraction
         on_event("stage", message=f"planned {len(items)} item(s)")
@@ -402,24 +400,3 @@ def _budget_error(check: CheckItem) -> dict:
         ),
         "hint": hint,
     }
-
-
-def _check_writable(save_dir: Path) -> None:
-    """Fail before any network traffic when the outputs could not be written."""
-    if save_dir.exists() and not save_dir.is_dir():
-        raise CosmosError(
-            f"cannot write to --save-dir {save_dir}: it is a file, not a folder",
-            "choose a folder you can write to",
-            code="save_dir_not_writable",
-        )
-    try:
-        save_dir.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=save_dir, prefix=".cosmos-write-test-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise CosmosError(
-            f"cannot write to --save-dir {save_dir}: {exc.strerror}",
-            "choose a folder you can write to",
-            code="save_dir_not_writable",
-        ) from None
