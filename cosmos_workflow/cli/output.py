@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, NoReturn
 
 import typer
@@ -28,6 +29,16 @@ err = Console(stderr=True, width=_WIDTH, **_PLAIN)
 def styled(text: str, style: str) -> Text:
     """A table cell or line in a style, its text taken literally."""
     return Text(str(text), style=style)
+
+
+def local_time(epoch_s: float | None) -> str:
+    """A worker's time stamp (seconds since 1970) as a person reads it: local clock, or "-"."""
+    if epoch_s is None:
+        return "-"
+    try:
+        return datetime.fromtimestamp(float(epoch_s)).strftime("%Y-%m-%d %H:%M:%S")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return str(epoch_s)
 
 
 def print_error_line(label: str, message: str, hint: str | None = None) -> None:

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from .common import orchestrator
-from .output import err, handle_errors, out, print_json
+from .output import err, handle_errors, local_time, out, print_json
 
 app = typer.Typer(help="Work with the GPU host: readiness, host keys, jobs.", no_args_is_help=True)
 
@@ -88,13 +88,17 @@ def status(
         return
     table = Table("job", "state", "done", "failed", "pending", "total", "started", "error")
     for row in report["jobs"]:
+        # Every cell a string: status.json holds numbers (counts, epoch seconds), and rich
+        # renders only text.
         table.add_row(
             row["job_id"],
             row["state"],
-            *(str(row[k]) if row[k] is not None else "-" for k in ("done", "failed", "pending")),
-            str(row["total"] or "-"),
-            row["started_at"] or "-",
-            (row["error"] or "")[:60],
+            *(
+                "-" if row[k] is None else str(row[k])
+                for k in ("done", "failed", "pending", "total")
+            ),
+            local_time(row["started_at"]),
+            str(row["error"] or "")[:60],
         )
     out.print(table)
     for gpu in report["gpus"]:
