@@ -144,3 +144,111 @@ def test_remote_status_renders_a_table_once_a_job_exists(setup, workdir):
     one = cosmos("remote", "status", job_id)
     assert one.exit_code == 0, one.output
     assert lines_with(one.stdout, job_id, "done", started)
+
+
+def test_remote_logs_prints_the_last_lines_asked_for(setup, workdir):
+    job_id, _ = finished_job(setup, workdir)
+    log = (setup.jobs / job_id / "worker.log").read_text().splitlines()
+    assert len(log) > 3
+
+    result = cosmos("remote", "logs", job_id, "--lines", 3)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == log[-3:]
+
+    # --follow on a finished job prints the log and returns.
+    followed = cosmos("remote", "logs", job_id, "--follow", "--lines", 1000)
+    assert followed.exit_code == 0, followed.output
+    assert followed.stdout.splitlines() == log
+
+
+def test_remote_results_writes_the_specs_and_shows_the_table(setup, workdir):
+    job_id, prompts = finished_job(setup, workdir)
+    result = cosmos("remote", "results", job_id, prompts, "--save-dir", workdir / "again")
+    assert result.exit_code == 0, result.output
+    assert f"job {job_id}" in result.stdout
+    for name in ("office_handover", "robot_lab_night"):
+        (row,) = lines_with(result.stdout, name, " ok ")
+        (written,) = (workdir / "again").glob(f"{name}*.json")
+        assert str(written) in row or written.name in row
+        assert json.loads(written.read_text())["is_upsampled"] is True
+    assert "2 ok, 0 failed, 0 skipped" in result.stderr
+
+
+# -- remote check / trust -----------------------------------------------------------------------
+
+
+def test_remote_check_reads_as_a_report_not_python_reprs(setup, host):
+    result = cosmos("remote", "check")
+    assert result.exit_code == 1, result.output  # no GPU on this machine: "not ready" is honest
+    text = result.stdout + result.stderr
+    assert "{" not in result.stdout and "[" not in result.stdout, result.stdout
+    assert lines_with(result.stdout, "vllm", "0.0-standin")
+    assert lines_with(result.stdout, "model", str(host / "checkpoints"))
+    assert lines_with(result.stdout, "params.json", "2 bytes")
+    assert re.search(r"disk\s.*\d+\.\d GiB free at ", result.stdout), result.stdout
+    assert lines_with(result.stderr, "problem", "no GPU visible")
+    assert "not ready" in text
+
+
+@pytest.fixture
+def untrusted(workdir, sshd, tmp_path) -> Path:
+    """A config whose known_hosts does not know the sshd yet."""
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    write_config(workdir / "config.toml", {"remote": sshd_remote(sshd, known_hosts=known)})
+    return known
+
+
+def run_in_terminal(args: list[str], typed: str, cwd: Path) -> tuple[int, str]:
+    """`python -m cosmos_workflow ARGS` with a pseudo-terminal as stdin; `typed` is typed
+    into it. Returns the exit code and stderr (where prompts and messages go)."""
+    controller, terminal = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cosmos_workflow", *args],
+            cwd=cwd,
+            stdin=terminal,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        os.close(terminal)
+        terminal = None
+        os.write(controller, typed.encode())  # the terminal holds the line until it is read
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        os.close(controller)
+        if terminal is not None:
+            os.close(terminal)
+    return proc.returncode, stderr
+
+
+def test_remote_trust_asks_shows_the_fingerprint_and_records_it_once(untrusted, sshd, workdir):
+    code, stderr = run_in_terminal(["remote", "trust"], "y\n", workdir)
+    assert code == 0, stderr
+    assert f"presents a ssh-ed25519 key {sshd.host_key_fingerprint}" in stderr
+    assert "Trust this key and record it in known_hosts?" in stderr
+    assert f"recorded: {sshd.known_hosts_name} ssh-ed25519 {sshd.host_key_fingerprint}" in stderr
+    assert sshd.known_hosts_name in untrusted.read_text()
+    recorded = untrusted.read_text()
+
+    again = cosmos("remote", "trust", "--yes")
+    assert again.exit_code == 0, again.output
+    assert f"already trusted: {sshd.known_hosts_name} ssh-ed25519 {sshd.host_key_fingerprint}" in again.stderr
+    assert untrusted.read_text() == recorded
+
+
+def test_remote_trust_answered_no_records_nothing(untrusted, sshd, workdir):
+    code, stderr = run_in_terminal(["remote", "trust"], "n\n", workdir)
+    assert code == 1
+    assert sshd.host_key_fingerprint in stderr
+    assert "recorded" not in stderr
+    assert untrusted.read_text() == ""
+
+
+def test_remote_trust_yes_records_without_asking(untrusted, sshd):
+    result = cosmos("remote", "trust", "--yes")
+    assert result.exit_code == 0, result.output
+    assert "Trust this key" not in result.stderr
+    assert f"recorded: {sshd.known_hosts_name} ssh-ed25519 {sshd.host_key_fingerprint}" in result.stderr
+    assert sshd.known_hosts_name in untrusted.read_text()

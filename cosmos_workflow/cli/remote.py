@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from .common import orchestrator
-from .output import err, handle_errors, local_time, out, print_json
+from .output import err, handle_errors, local_time, out, print_error_line, print_json
 
 app = typer.Typer(help="Work with the GPU host: readiness, host keys, jobs.", no_args_is_help=True)
 
@@ -30,13 +30,35 @@ def check(
     if json_output:
         print_json(report)
     else:
-        table = Table("what", "found", title="GPU host readiness")
-        for key, value in report.items():
-            if key != "exit_code":
-                table.add_row(key, str(value))
-        out.print(table)
-        err.print("ready" if report["exit_code"] == 0 else "not ready: see the table above")
+        out.print(_readiness_table(report))
+        for problem in report.get("problems") or []:
+            print_error_line("problem", problem)
+        err.print("ready" if report["exit_code"] == 0 else "not ready: see the problems above")
     raise typer.Exit(0 if report["exit_code"] == 0 else 1)
+
+
+def _readiness_table(report: dict) -> Table:
+    """`worker.py check --json` as lines a person reads (the report nests dicts and lists)."""
+    table = Table("what", "found", title="GPU host readiness")
+    table.add_row("python", f"{report.get('python')} ({report.get('python_executable')})")
+    vllm = report.get("vllm") or {}
+    table.add_row("vllm", str(vllm.get("version") or f"not importable: {vllm.get('error')}"))
+    for gpu in report.get("gpus") or []:
+        table.add_row(
+            "gpu",
+            f"{gpu.get('name')}, {gpu.get('memory_total_mib')} MiB total, "
+            f"{gpu.get('memory_used_mib')} MiB used",
+        )
+    if not report.get("gpus"):
+        table.add_row("gpu", "none")
+    model = report.get("model") or {}
+    table.add_row("model", str(model.get("path")))
+    for name, size in (model.get("files") or {}).items():
+        table.add_row(f"  {name}", "missing" if size is None else f"{size:,} bytes")
+    disk = report.get("disk") or {}
+    if disk.get("free_bytes") is not None:
+        table.add_row("disk", f"{disk['free_bytes'] / 2**30:.1f} GiB free at {disk.get('path')}")
+    return table
 
 
 @app.command("trust")
