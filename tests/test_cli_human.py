@@ -12,20 +12,17 @@ import json
 import os
 import pty
 import re
-import signal
 import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from cosmos_workflow.cli import app
 
 from .upsample_env import (
-    many_specs,
     seed_specs,
     sshd_remote,
     stand_in_checkpoint,
@@ -168,10 +165,18 @@ def test_remote_results_writes_the_specs_and_shows_the_table(setup, workdir):
     assert f"job {job_id}" in result.stdout
     for name in ("office_handover", "robot_lab_night"):
         (row,) = lines_with(result.stdout, name, " ok ")
-        (written,) = (workdir / "again").glob(f"{name}*.json")
-        assert str(written) in row or written.name in row
-        assert json.loads(written.read_text())["is_upsampled"] is True
+        # The whole path, as typed from here: not cut to "…" by the table.
+        assert f" again/{name}.json " in row, row
+        written = json.loads((workdir / "again" / f"{name}.json").read_text())
+        assert written["is_upsampled"] is True
     assert "2 ok, 0 failed, 0 skipped" in result.stderr
+
+    # A long save-dir outside the current folder: shown whole (folded), never elided.
+    far = workdir.parent / ("deep-" * 12) / "outputs"
+    result = cosmos("remote", "results", job_id, prompts, "--save-dir", far)
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.stdout, result.stdout
+    assert (far / "office_handover.json").is_file()
 
 
 # -- remote check / trust -----------------------------------------------------------------------
@@ -224,17 +229,18 @@ def run_in_terminal(args: list[str], typed: str, cwd: Path) -> tuple[int, str]:
 
 
 def test_remote_trust_asks_shows_the_fingerprint_and_records_it_once(untrusted, sshd, workdir):
+    key = f"{sshd.known_hosts_name} ssh-ed25519 {sshd.host_key_fingerprint}"
     code, stderr = run_in_terminal(["remote", "trust"], "y\n", workdir)
     assert code == 0, stderr
     assert f"presents a ssh-ed25519 key {sshd.host_key_fingerprint}" in stderr
     assert "Trust this key and record it in known_hosts?" in stderr
-    assert f"recorded: {sshd.known_hosts_name} ssh-ed25519 {sshd.host_key_fingerprint}" in stderr
+    assert f"recorded: {key}" in stderr
     assert sshd.known_hosts_name in untrusted.read_text()
     recorded = untrusted.read_text()
 
     again = cosmos("remote", "trust", "--yes")
     assert again.exit_code == 0, again.output
-    assert f"already trusted: {sshd.known_hosts_name} ssh-ed25519 {sshd.host_key_fingerprint}" in again.stderr
+    assert f"already trusted: {key}" in again.stderr
     assert untrusted.read_text() == recorded
 
 
@@ -250,5 +256,6 @@ def test_remote_trust_yes_records_without_asking(untrusted, sshd):
     result = cosmos("remote", "trust", "--yes")
     assert result.exit_code == 0, result.output
     assert "Trust this key" not in result.stderr
-    assert f"recorded: {sshd.known_hosts_name} ssh-ed25519 {sshd.host_key_fingerprint}" in result.stderr
+    key = f"{sshd.known_hosts_name} ssh-ed25519 {sshd.host_key_fingerprint}"
+    assert f"recorded: {key}" in result.stderr
     assert sshd.known_hosts_name in untrusted.read_text()

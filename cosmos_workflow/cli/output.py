@@ -41,6 +41,18 @@ def local_time(epoch_s: float | None) -> str:
         return str(epoch_s)
 
 
+def shown_path(path: str | os.PathLike | None) -> str:
+    """A path as a person types it here: relative when under the current folder, or "-"."""
+    if not path:
+        return "-"
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return str(path)
+    outside = relative == os.pardir or relative.startswith(os.pardir + os.sep)
+    return str(path) if outside else relative
+
+
 def print_error_line(label: str, message: str, hint: str | None = None) -> None:
     """`label: message` (in red) and an optional `hint: …` line, on stderr, literally."""
     err.print(Text.assemble((f"{label}: ", "red"), _one_line(message)))

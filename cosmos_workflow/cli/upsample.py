@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .common import orchestrator
-from .output import err, handle_errors, out, print_error_line, print_json, styled
+from .output import err, handle_errors, out, print_error_line, print_json, shown_path, styled
 
 
 def render_record(record) -> None:
@@ -24,7 +24,8 @@ def render_record(record) -> None:
         title = "nothing sent: no item could be prepared"
     table = Table(title=title)
     for column in ("item", "status", "frames", "prompt tokens", "output", "detail"):
-        table.add_column(column)
+        # A path cut to "…" cannot be opened: names and paths fold onto more lines instead.
+        table.add_column(column, overflow="fold" if column in ("item", "output") else "ellipsis")
     for item in data["items"]:
         frames = (
             f"{item['frames']}×{item['frame_width']}×{item['frame_height']}"
@@ -39,7 +40,7 @@ def render_record(record) -> None:
             styled(item["status"], style),
             frames,
             "-" if tokens is None else f"{tokens:,}",
-            item["output"] or "-",
+            shown_path(item["output"]),
             detail,
         )
     out.print(table)
