@@ -12,17 +12,21 @@ import json
 import os
 import pty
 import re
+import signal
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from cosmos_workflow.cli import app
 
 from .upsample_env import (
+    many_specs,
     seed_specs,
     sshd_remote,
     stand_in_checkpoint,
@@ -79,6 +83,21 @@ DRIVEN = {
 def cosmos(*args, input=None):
     """`cosmos ARGS…` in human mode; unexpected exceptions propagate (no exit 70 hidden)."""
     return runner.invoke(app, [str(a) for a in args], input=input, catch_exceptions=False)
+
+
+def table_rows(text: str) -> dict[str, list[str]]:
+    """A rich table's rows by their first cell, each cell's folded lines joined back together."""
+    rows: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if not line.startswith("│"):
+            continue
+        cells = [cell.strip() for cell in line.strip("│").split("│")]
+        if cells[0]:
+            current = rows.setdefault(cells[0], cells)
+        elif current is not None:
+            current[1:] = [a + b for a, b in zip(current[1:], cells[1:], strict=True)]
+    return rows
 
 
 def lines_with(text: str, *words: str) -> list[str]:
@@ -182,17 +201,33 @@ def test_remote_results_writes_the_specs_and_shows_the_table(setup, workdir):
 # -- remote check / trust -----------------------------------------------------------------------
 
 
-def test_remote_check_reads_as_a_report_not_python_reprs(setup, host):
+def test_remote_check_reads_as_a_report_not_python_reprs(workdir, sshd, tmp_path):
+    # A long remote_dir, as on real hosts: its paths must still be shown whole.
+    deep = tmp_path / ("long-folder-name-" * 6) / "cosmos-transfer1"
+    deep.mkdir(parents=True)
+    checkpoints = stand_in_checkpoint(deep)
+    write_config(
+        workdir / "config.toml",
+        {
+            "remote": sshd_remote(sshd),
+            "paths": {"remote_dir": str(deep)},
+            "worker": stand_in_worker(tmp_path / "engine.jsonl", checkpoints),
+        },
+    )
     result = cosmos("remote", "check")
     assert result.exit_code == 1, result.output  # no GPU on this machine: "not ready" is honest
-    text = result.stdout + result.stderr
     assert "{" not in result.stdout and "[" not in result.stdout, result.stdout
-    assert lines_with(result.stdout, "vllm", "0.0-standin")
-    assert lines_with(result.stdout, "model", str(host / "checkpoints"))
-    assert lines_with(result.stdout, "params.json", "2 bytes")
-    assert re.search(r"disk\s.*\d+\.\d GiB free at ", result.stdout), result.stdout
-    assert lines_with(result.stderr, "problem", "no GPU visible")
-    assert "not ready" in text
+    assert "…" not in result.stdout, result.stdout
+    rows = table_rows(result.stdout)
+    assert rows["vllm"][1] == "0.0-standin"
+    assert rows["gpu"][1] == "none"
+    assert rows["model"][1] == str(checkpoints / "nvidia" / "Cosmos-UpsamplePrompt1-12B-Transfer")
+    assert rows["params.json"][1] == "2 bytes"
+    # (A line folded at a space loses that space when the cell is joined back.)
+    where = re.escape(f"{deep}/cosmos_workflow")
+    assert re.fullmatch(rf"\d+\.\d GiB free at ?{where}", rows["disk"][1]), rows["disk"]
+    assert lines_with(result.stderr, "problem: ", "no GPU visible")
+    assert "not ready" in result.stderr
 
 
 @pytest.fixture
@@ -259,3 +294,238 @@ def test_remote_trust_yes_records_without_asking(untrusted, sshd):
     key = f"{sshd.known_hosts_name} ssh-ed25519 {sshd.host_key_fingerprint}"
     assert f"recorded: {key}" in result.stderr
     assert sshd.known_hosts_name in untrusted.read_text()
+
+
+# -- upsample ---------------------------------------------------------------------------------
+
+
+def run_record(save_dir: Path) -> dict:
+    return json.loads((save_dir / "run.json").read_text())
+
+
+def item_row(stdout: str, name: str, status: str) -> str:
+    (row,) = [line for line in lines_with(stdout, f" {name} ", f" {status} ")]
+    return row
+
+
+def test_upsample_one_spec_with_preprocessed_videos_and_one_frame(setup, workdir):
+    (spec,) = seed_specs(workdir / "prompts", names=("office_handover",)).glob("*.json")
+    before = spec.read_bytes()
+    result = cosmos("upsample", spec, "--preprocess-videos", "--num-frames", 1, "--save-dir", "o")
+    assert result.exit_code == 0, result.output
+
+    (item,) = run_record(workdir / "o")["items"]
+    # Preprocessed: 640×480 became at most safe_resolution (320×180), kept in aspect.
+    assert item["frame_height"] <= 180 and item["frame_width"] <= 320
+    assert abs(item["frame_width"] / item["frame_height"] - 640 / 480) < 0.05
+    row = item_row(result.stdout, "office_handover", "ok")
+    assert f" 1×{item['frame_width']}×{item['frame_height']} " in row
+    assert f" {item['prompt_tokens_engine']:,} " in row
+    assert " o/office_handover.json " in row
+    record = run_record(workdir / "o")
+    assert "1 ok, 0 failed, 0 skipped in " in result.stderr
+    assert f"; {record['bytes_sent']:,} bytes sent" in result.stderr
+    assert json.loads((workdir / "o" / "office_handover.json").read_text())["is_upsampled"]
+    assert spec.read_bytes() == before
+
+
+def test_upsample_recursive_force_max_resolution_and_num_gpu(setup, workdir):
+    prompts = seed_specs(workdir / "prompts", names=("office_handover",))
+    seed_specs(prompts / "night", names=("robot_lab_night",))
+    done = json.loads((prompts / "office_handover.json").read_text())
+    done.update(id="ps_0000000000aa", name="already_done", is_upsampled=True)
+    (prompts / "already_done.json").write_text(json.dumps(done))
+
+    flat = cosmos("upsample", prompts, "--max-resolution", 240, "--save-dir", "flat")
+    assert flat.exit_code == 0, flat.output
+    assert "robot_lab_night" not in flat.stdout  # in a sub-folder: not without --recursive
+    assert item_row(flat.stdout, "already_done", "skipped")
+    assert "1 ok, 0 failed, 1 skipped" in flat.stderr
+
+    deep = cosmos(
+        "upsample", prompts, "--recursive", "--force", "--max-resolution", 240,
+        "--num-gpu", 1, "--save-dir", "deep",
+    )  # fmt: skip
+    assert deep.exit_code == 0, deep.output
+    items = {i["name"]: i for i in run_record(workdir / "deep")["items"]}
+    assert set(items) == {"office_handover", "robot_lab_night", "already_done"}
+    assert run_record(workdir / "deep")["settings"]["tensor_parallel_size"] == 1
+    for name, item in items.items():
+        assert item["frame_height"] == 240, item
+        row = item_row(deep.stdout, name, "ok")
+        assert f" 2×{item['frame_width']}×240 " in row
+    assert "3 ok, 0 failed, 0 skipped" in deep.stderr
+
+
+def test_upsample_dry_run_shows_the_plan_and_sends_nothing(setup, workdir, host):
+    prompts = seed_specs(workdir / "prompts")
+    result = cosmos("upsample", prompts, "--dry-run", "--save-dir", "o")
+    assert result.exit_code == 0, result.output
+    assert "dry run: nothing sent" in result.stdout
+    for name in ("office_handover", "robot_lab_night"):
+        assert lines_with(result.stdout, f" {name} ")
+    sent = re.search(r"would send up to ([\d,]+) bytes of frames", result.stderr)
+    assert sent and int(sent.group(1).replace(",", "")) > 0, result.stderr
+    assert lines_with(result.stderr, "would run:", "worker.py")
+    assert not (host / "cosmos_workflow").exists()
+    assert not (workdir / "o").exists() or not list((workdir / "o").iterdir())
+
+
+# -- Ctrl+C, and the commands its message names -----------------------------------------------
+
+
+def start_upsample(workdir: Path, prompts: Path, *extra) -> subprocess.Popen:
+    """Human-mode `cosmos upsample` as a process of its own (it gets a real SIGINT)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "cosmos_workflow", "upsample", str(prompts), "--save-dir", "o"]
+        + [str(e) for e in extra],
+        cwd=workdir,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_results(jobs: Path, at_least: int, timeout_s: float = 60) -> Path:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for results in jobs.glob("*/results.jsonl"):
+            if len(results.read_text().splitlines()) >= at_least:
+                return results.parent
+        time.sleep(0.05)
+    raise AssertionError(f"no job reached {at_least} results in {timeout_s} s")
+
+
+def wait_for_state(job_id: str, state: str, timeout_s: float = 30) -> str:
+    """`cosmos remote status JOB` until its row shows `state`; that row."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = cosmos("remote", "status", job_id)
+        assert result.exit_code == 0, result.output
+        rows = lines_with(result.stdout, job_id, f" {state} ")
+        if rows:
+            return rows[0]
+        assert time.monotonic() < deadline, result.stdout
+        time.sleep(0.1)
+
+
+def test_ctrl_c_message_names_commands_that_work(setup, workdir):
+    setup(chunk_size=1, delay_s=0.5)
+    prompts = many_specs(workdir / "prompts", 6)
+    proc = start_upsample(workdir, prompts)
+    job = wait_for_results(setup.jobs, 1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    job_id = job.name
+    assert f"job {job_id} keeps running on the host" in stderr
+    # The message names these commands; each must work in its human form.
+    assert f"`cosmos remote status {job_id}`" in stderr
+    assert f"`cosmos remote logs {job_id} --follow`" in stderr
+
+    row = wait_for_state(job_id, "running")
+    assert re.search(rf"{job_id}\s*│\s*running\s*│\s*\d\s*│\s*0\s*│\s*\d\s*│\s*6\s*│", row)
+    listed = cosmos("remote", "status")
+    assert lines_with(listed.stdout, job_id, "running")
+
+    cancelled = cosmos("remote", "cancel", job_id)
+    assert cancelled.exit_code == 0, cancelled.output
+    assert f"cancelled job {job_id}; rerun the same `cosmos upsample` command" in cancelled.stderr
+    wait_for_state(job_id, "cancelled")
+    logs = cosmos("remote", "logs", job_id, "--follow")  # a stopped job: prints, then returns
+    assert logs.exit_code == 0, logs.output
+    assert f"job {job}" in logs.stdout
+
+    # The same command resumes; this time Ctrl+C cancels without asking.
+    proc = start_upsample(workdir, prompts, "--cancel-on-interrupt")
+    done_before = len((job / "results.jsonl").read_text().splitlines())
+    wait_for_results(setup.jobs, done_before + 1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert f"cancelled job {job_id}; finished items are kept on the host" in stderr
+    assert "resume: run the same command again" in stderr
+    wait_for_state(job_id, "cancelled")
+
+
+# -- config, the global options, help -----------------------------------------------------------
+
+
+def test_config_show_names_each_value_and_where_it_came_from(workdir, monkeypatch):
+    write_config(workdir / "config.toml", {"remote": {"host": "gpu-a", "port": 2201}})
+    monkeypatch.setenv("COSMOS_UPSAMPLING_MAX_TOKENS", "8192")
+    result = cosmos("config", "show")
+    assert result.exit_code == 0, result.output
+    assert "effective configuration" in result.stdout
+    assert re.search(r"remote\.host\s*│\s*'gpu-a'\s*│\s*\S*config\.toml", result.stdout)
+    assert re.search(r"remote\.port\s*│\s*2201\s*│\s*\S*config\.toml", result.stdout)
+    assert re.search(
+        r"upsampling\.max_tokens\s*│\s*8192\s*│\s*environment COSMOS_UPSAMPLING_MAX_TOKENS",
+        result.stdout,
+    )
+    assert re.search(r"upsampling\.output_tokens\s*│\s*300\s*│\s*default", result.stdout)
+
+
+def test_global_config_option_replaces_the_config_in_the_current_folder(
+    workdir, sshd, host, tmp_path
+):
+    write_config(workdir / "config.toml", {"remote": {"host": "not-this-one"}})
+    (tmp_path / "elsewhere").mkdir()
+    chosen = write_config(
+        tmp_path / "elsewhere" / "chosen.toml",
+        {"remote": sshd_remote(sshd), "paths": {"remote_dir": str(host)}},
+    )
+    shown = cosmos("--config", chosen, "config", "show")
+    assert shown.exit_code == 0, shown.output
+    rows = table_rows(shown.stdout)
+    assert rows["remote.host"] == ["remote.host", f"'{sshd.host}'", str(chosen)]
+    assert rows["paths.remote_dir"] == ["paths.remote_dir", f"'{host}'", str(chosen)]
+    assert "…" not in shown.stdout
+    assert "not-this-one" not in shown.stdout
+
+    # Every command reads it: here one that must reach the host it names.
+    status = cosmos("--config", chosen, "remote", "status")
+    assert status.exit_code == 0, status.output
+    assert "no GPU visible to nvidia-smi on the host" in status.stderr
+
+    missing = cosmos("--config", tmp_path / "nope.toml", "config", "show")
+    assert missing.exit_code == 2
+    assert "nope.toml" in missing.stderr and missing.stderr.startswith("error: ")
+
+
+def test_version_names_the_package_version(workdir):
+    from cosmos_workflow import __version__
+
+    result = cosmos("--version")
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"cosmos-workflow {__version__}"
+
+
+def command_tree() -> dict[str, set[str]]:
+    """Command path → its options, read from the app itself (what `--help` lists)."""
+    tree: dict[str, set[str]] = {}
+
+    def walk(command, path: str) -> None:
+        tree[path] = {
+            opt
+            for param in command.params
+            if param.param_type_name == "option"
+            for opt in param.opts
+            if opt.startswith("--") and opt not in ("--json", "--help")
+        }
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, f"{path} {name}".strip())
+
+    walk(typer.main.get_command(app), "")
+    return {path: opts for path, opts in tree.items() if opts or path not in ("remote", "config")}
+
+
+def test_every_option_is_driven_here():
+    """A new command or option fails this until a test in this module drives it."""
+    assert command_tree() == DRIVEN
+    # …and each is written out (in quotes) somewhere besides DRIVEN: in an invocation.
+    source = Path(__file__).read_text()
+    for options in DRIVEN.values():
+        for option in options:
+            assert source.count(f'"{option}"') >= 2, f"{option} is never passed to a command"

@@ -39,7 +39,8 @@ def check(
 
 def _readiness_table(report: dict) -> Table:
     """`worker.py check --json` as lines a person reads (the report nests dicts and lists)."""
-    table = Table("what", "found", title="GPU host readiness")
+    table = Table("what", title="GPU host readiness")
+    table.add_column("found", overflow="fold")  # paths whole, never cut to "…"
     table.add_row("python", f"{report.get('python')} ({report.get('python_executable')})")
     vllm = report.get("vllm") or {}
     table.add_row("vllm", str(vllm.get("version") or f"not importable: {vllm.get('error')}"))
