@@ -529,3 +529,126 @@ def test_every_option_is_driven_here():
     for options in DRIVEN.values():
         for option in options:
             assert source.count(f'"{option}"') >= 2, f"{option} is never passed to a command"
+
+
+# -- the local commands: limits, check, prepare -----------------------------------------------
+
+
+def as_json(*args) -> dict:
+    result = cosmos(*args, "--json")
+    return json.loads(result.stdout)["data"]
+
+
+def test_limits_table_shows_what_the_solver_found(workdir):
+    args = ["limits", "--max-model-len", 4096, "--max-model-len", 8192, "--aspect", "16:9"]
+    args += ["--aspect", "4:3", "--frames", 1, "--prompt-tokens", 40, "--output-tokens", 250]
+    result = cosmos(*args)
+    assert result.exit_code == 0, result.output
+    assert "largest frame size that fits (1 frames, 250 output tokens kept)" in result.stdout
+    expected = as_json(*args)["limits"]
+    assert len(expected) == 4
+    for row in expected:
+        (line,) = lines_with(result.stdout, f" {row['max_model_len']:,} ", f" {row['aspect']} ")
+        cells = [c.strip() for c in line.strip("│").split("│")]
+        assert cells == [
+            f"{row['max_model_len']:,}",
+            row["aspect"],
+            f"{row['width']}×{row['height']}",
+            f"{row['prompt_tokens']:,}",
+            f"{row['margin']:,}",
+        ]
+        # What "fits" means: the prompt plus the kept output within the context.
+        assert row["prompt_tokens"] + 250 <= row["max_model_len"]
+
+
+@pytest.fixture
+def spec_tree(workdir) -> Path:
+    """prompts/office_handover.json and prompts/night/robot_lab_night.json (real clips)."""
+    prompts = seed_specs(workdir / "prompts", names=("office_handover",))
+    seed_specs(prompts / "night", names=("robot_lab_night",))
+    return prompts
+
+
+def check_cells(stdout: str, name: str) -> list[str]:
+    (line,) = lines_with(stdout, f"│ {name} ")
+    return [c.strip() for c in line.strip("│").split("│")]
+
+
+def test_check_a_folder_and_its_sub_folders(spec_tree):
+    flat = cosmos("check", spec_tree)
+    assert flat.exit_code == 0, flat.output
+    assert "token check (resolution: source)" in flat.stdout
+    cells = check_cells(flat.stdout, "office_handover")
+    # 640×480, 2 frames: 2 × 30 rows × (40 + 1) = 2,460 image tokens (DESIGN.md's rule).
+    assert cells[1:4] == ["640×480", "2×640×480", "2,460"]
+    assert cells[7] == "fits"
+    assert "robot_lab_night" not in flat.stdout
+
+    deep = cosmos("check", spec_tree, "--recursive")
+    assert deep.exit_code == 1, deep.output  # the 1280×720 clip does not fit as it is
+    robot = check_cells(deep.stdout, "robot_lab_night")
+    assert robot[1].startswith("1280×") and robot[7] == "too_long"
+    assert re.fullmatch(r"\d+×\d+", robot[8])  # where it would fit
+
+
+def test_check_options_change_the_count(spec_tree):
+    args = ["check", spec_tree / "office_handover.json", "--prompt", "a red cup", "--frames", 1]
+    args += ["--max-model-len", 1400, "--output-tokens", 200, "--resolution", 240]
+    result = cosmos(*args)
+    (item,) = as_json(*args)["items"]
+    cells = check_cells(result.stdout, "office_handover")
+    assert "token check (resolution: 240)" in result.stdout
+    # One 320×240 frame: 15 rows × (20 + 1) = 315 image tokens; the prompt is "a red cup".
+    assert cells[2:4] == ["1×320×240", "315"]
+    assert cells[4:7] == [
+        f"{item['text_tokens']:,}",
+        f"{item['prompt_tokens']:,}",
+        f"{1400 - item['prompt_tokens']:,}",
+    ]
+    assert item["text_tokens"] < 17 + 10
+    assert cells[7] == "fits" and result.exit_code == 0, result.output
+
+    # The clip as it is: 1 × 30 × 41 = 1,230 image tokens do not fit 1,000.
+    tight = cosmos(*args[:-6], "--max-model-len", 1000, "--output-tokens", 200)
+    assert tight.exit_code == 1, tight.output
+    cells = check_cells(tight.stdout, "office_handover")
+    assert cells[2:4] == ["1×640×480", "1,230"] and cells[7] == "too_long"
+    fits_at = tuple(map(int, cells[8].split("×")))
+    assert fits_at < (640, 480)
+
+
+def test_prepare_a_folder_recursively_with_previews(spec_tree, workdir):
+    out = workdir / "hints"
+    args = ["prepare", spec_tree, "--recursive", "--out", out, "--preview", "--frames", 1]
+    result = cosmos(*args, "--prompt", "a red cup", "--resolution", "auto")
+    assert result.exit_code == 0, result.output
+    assert f"prepared into {out}" in result.stdout.replace("\n", "")
+    for name in ("office_handover", "robot_lab_night"):
+        assert f"prepared {name} → {out / name}" in result.stderr
+        assert (out / name / "frame_000.png").is_file()
+        assert not (out / name / "frame_001.png").exists()  # --frames 1
+        assert (out / name / "hint.mp4").is_file()
+        assert (out / name / "preview.png").is_file()
+        assert check_cells(result.stdout, name)[7] == "fits"
+
+    flat = cosmos("prepare", spec_tree, "--out", workdir / "flat")
+    assert flat.exit_code == 0, flat.output
+    assert sorted(p.name for p in (workdir / "flat").iterdir()) == ["office_handover"]
+
+
+def test_help_shows_every_option_help_text_literally():
+    """Typer reads help as rich markup: a `[section]` in a help text would vanish."""
+    lost = []
+    for path in command_tree():
+        words = path.split()
+        command = typer.main.get_command(app)
+        for word in words:
+            command = command.commands[word]
+        result = cosmos(*words, "--help")
+        assert result.exit_code == 0, result.output
+        rendered = " ".join(result.stdout.replace("│", " ").split())
+        for param in command.params:
+            for bracketed in re.findall(r"\[[^\]]*\]", getattr(param, "help", None) or ""):
+                if bracketed not in rendered:
+                    lost.append(f"{path} {param.opts[0]}: {bracketed}")
+    assert not lost
