@@ -652,3 +652,15 @@ def test_help_shows_every_option_help_text_literally():
                 if bracketed not in rendered:
                     lost.append(f"{path} {param.opts[0]}: {bracketed}")
     assert not lost
+
+
+def test_cancel_of_a_job_the_host_does_not_have_says_so(setup, workdir):
+    job_id, _ = finished_job(setup, workdir)
+    unknown = "0123456789abcdef"
+    result = cosmos("remote", "cancel", unknown)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines()[0] == f"error: no job {unknown} on the host"
+    assert "cosmos remote status" in result.stderr
+    assert "cancelled" not in result.stderr
+    assert not (setup.jobs / unknown).exists()
+    assert not (setup.jobs / job_id / "cancelled").exists()  # the real job is left alone

@@ -159,11 +159,7 @@ class RemoteMixin:
                 }
             )
         if job_id is not None and not jobs:
-            raise CosmosError(
-                f"no job {job_id} on the host",
-                "`cosmos remote status` lists the jobs there",
-                code="job_not_found",
-            )
+            raise _no_such_job(job_id)
         return {"jobs": jobs, "gpus": gpus}
 
     def remote_logs(self, job_id: str, *, follow: bool = False, lines: int = 200, on_line=None):
@@ -184,4 +180,14 @@ class RemoteMixin:
         settings = self.runner_settings()
         container = runners.container_name(job_id) if settings.kind == "docker" else None
         with self.connect() as conn:
-            conn.run(ShellCommand(jobctl.cancel(job, container, sudo=settings.sudo)))
+            result = conn.run(ShellCommand(jobctl.cancel(job, container, sudo=settings.sudo)))
+        if jobctl.NO_JOB in result.stdout.split():
+            raise _no_such_job(job_id)
+
+
+def _no_such_job(job_id: str) -> CosmosError:
+    return CosmosError(
+        f"no job {job_id} on the host",
+        "`cosmos remote status` lists the jobs there",
+        code="job_not_found",
+    )
