@@ -25,8 +25,11 @@ from typer.testing import CliRunner
 
 from cosmos_workflow.cli import app
 
+from .engine import require_engine_python, tiny_model_dir
 from .upsample_env import (
     many_specs,
+    real_checkpoint,
+    real_worker,
     seed_specs,
     sshd_remote,
     stand_in_checkpoint,
@@ -327,6 +330,37 @@ def test_upsample_one_spec_with_preprocessed_videos_and_one_frame(setup, workdir
     assert f"; {record['bytes_sent']:,} bytes sent" in result.stderr
     assert json.loads((workdir / "o" / "office_handover.json").read_text())["is_upsampled"]
     assert spec.read_bytes() == before
+
+
+@pytest.mark.engine
+def test_upsample_one_720p_spec_preprocessed_on_the_real_engine(workdir, sshd, host, tmp_path):
+    python = require_engine_python()
+    checkpoints = real_checkpoint(tmp_path, tiny_model_dir(python))
+    write_config(
+        workdir / "config.toml",
+        {
+            "remote": sshd_remote(sshd),
+            "paths": {"remote_dir": str(host)},
+            "worker": real_worker(python, checkpoints, tmp_path / "engine-work"),
+        },
+    )
+    # The 1280×704 clip does not fit 4,096 tokens as it is; preprocessed to safe_resolution it does.
+    spec = seed_specs(workdir / "prompts", names=("robot_lab_night",)) / "robot_lab_night.json"
+    result = cosmos("upsample", spec, "--preprocess-videos", "--save-dir", "o")
+    assert result.exit_code == 0, result.output
+
+    (item,) = run_record(workdir / "o")["items"]
+    assert (item["frame_width"], item["frame_height"]) == (320, 176)  # 1280×704 inside 320×180
+    assert item["prompt_tokens_engine"] == item["prompt_tokens_local"]
+    row = item_row(result.stdout, "robot_lab_night", "ok")
+    assert " 2×320×176 " in row
+    assert f" {item['prompt_tokens_engine']:,} " in row
+    assert " o/robot_lab_night.json " in row
+    assert f" {item['finish_reason']} " in row
+    assert "1 ok, 0 failed, 0 skipped" in result.stderr
+    assert "running the worker" in result.stderr  # progress, on stderr
+    written = json.loads((workdir / "o" / "robot_lab_night.json").read_text())
+    assert written["prompt"] == item["upsampled_prompt"] and written["prompt"]
 
 
 def test_upsample_recursive_force_max_resolution_and_num_gpu(setup, workdir):
