@@ -445,42 +445,49 @@ def wait_for_state(job_id: str, state: str, timeout_s: float = 30) -> str:
 
 
 def test_ctrl_c_message_names_commands_that_work(setup, workdir):
-    setup(chunk_size=1, delay_s=0.5)
-    prompts = many_specs(workdir / "prompts", 6)
+    # One item per engine call; each worker serves one item, then hangs until cancelled.
+    setup(chunk_size=1, hold_after=1)
+    prompts = many_specs(workdir / "prompts", 3)
     proc = start_upsample(workdir, prompts)
     job = wait_for_results(setup.jobs, 1)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
     job_id = job.name
-    assert f"job {job_id} keeps running on the host" in stderr
-    # The message names these commands; each must work in its human form.
-    assert f"`cosmos remote status {job_id}`" in stderr
-    assert f"`cosmos remote logs {job_id} --follow`" in stderr
+    try:
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 130, stderr
+        assert f"job {job_id} keeps running on the host" in stderr
+        # The message names these commands; each must work in its human form.
+        assert f"`cosmos remote status {job_id}`" in stderr
+        assert f"`cosmos remote logs {job_id} --follow`" in stderr
 
-    row = wait_for_state(job_id, "running")
-    assert re.search(rf"{job_id}\s*│\s*running\s*│\s*\d\s*│\s*0\s*│\s*\d\s*│\s*6\s*│", row)
-    listed = cosmos("remote", "status")
-    assert lines_with(listed.stdout, job_id, "running")
+        row = wait_for_state(job_id, "running")
+        assert re.search(rf"{job_id}\s*│\s*running\s*│\s*1\s*│\s*0\s*│\s*2\s*│\s*3\s*│", row)
+        listed = cosmos("remote", "status")
+        assert lines_with(listed.stdout, job_id, "running")
 
-    cancelled = cosmos("remote", "cancel", job_id)
-    assert cancelled.exit_code == 0, cancelled.output
-    assert f"cancelled job {job_id}; rerun the same `cosmos upsample` command" in cancelled.stderr
-    wait_for_state(job_id, "cancelled")
-    logs = cosmos("remote", "logs", job_id, "--follow")  # a stopped job: prints, then returns
-    assert logs.exit_code == 0, logs.output
-    assert f"job {job}" in logs.stdout
+        cancelled = cosmos("remote", "cancel", job_id)
+        assert cancelled.exit_code == 0, cancelled.output
+        assert f"cancelled job {job_id}; rerun the same `cosmos upsample`" in cancelled.stderr
+        wait_for_state(job_id, "cancelled")
+        logs = cosmos("remote", "logs", job_id, "--follow")  # a stopped job: prints, returns
+        assert logs.exit_code == 0, logs.output
+        assert f"job {job}" in logs.stdout
 
-    # The same command resumes; this time Ctrl+C cancels without asking.
-    proc = start_upsample(workdir, prompts, "--cancel-on-interrupt")
-    done_before = len((job / "results.jsonl").read_text().splitlines())
-    wait_for_results(setup.jobs, done_before + 1)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
-    assert f"cancelled job {job_id}; finished items are kept on the host" in stderr
-    assert "resume: run the same command again" in stderr
-    wait_for_state(job_id, "cancelled")
+        # The same command resumes (one more item); this time Ctrl+C cancels without asking.
+        proc = start_upsample(workdir, prompts, "--cancel-on-interrupt")
+        wait_for_results(setup.jobs, 2)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 130, stderr
+        assert f"cancelled job {job_id}; finished items are kept on the host" in stderr
+        assert "resume: run the same command again" in stderr
+        row = wait_for_state(job_id, "cancelled")
+        assert re.search(rf"{job_id}\s*│\s*cancelled\s*│\s*2\s*│\s*0\s*│\s*1\s*│\s*3\s*│", row)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        cosmos("remote", "cancel", job_id)  # never leave a hanging worker behind
 
 
 # -- config, the global options, help -----------------------------------------------------------

@@ -19,6 +19,8 @@ Controls (environment variables):
   FAKE_VLLM_FAIL_LOAD   LLM() raises RuntimeError with this message
   FAKE_VLLM_EXIT_AFTER  the process dies (os._exit(137)) when asked for item N+1
   FAKE_VLLM_DEAD_AFTER  chat() raises EngineDeadError when asked for item N+1
+  FAKE_VLLM_HOLD_AFTER  chat() hangs, until the process is stopped, when asked for item N+1
+                        (a job that is surely still running while a test looks at it)
 """
 
 from __future__ import annotations
@@ -164,6 +166,8 @@ class LLM:
                 os._exit(137)
             if self.items_served == int(os.environ.get("FAKE_VLLM_DEAD_AFTER", -1)):
                 raise EngineDeadError("EngineCore encountered an issue. See stack trace above.")
+            while self.items_served == int(os.environ.get("FAKE_VLLM_HOLD_AFTER", -1)):
+                time.sleep(0.05)
             time.sleep(float(os.environ.get("FAKE_VLLM_DELAY_S", 0)))
             self.items_served += 1
             parts = conversations[n][0]["content"]
