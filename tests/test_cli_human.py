@@ -165,6 +165,18 @@ def test_remote_status_renders_a_table_once_a_job_exists(setup, workdir):
     assert lines_with(one.stdout, job_id, "done", started)
 
 
+def test_remote_status_shows_why_a_job_failed(setup, workdir):
+    setup(fail_load="CUDA out of memory")
+    prompts = seed_specs(workdir / "prompts", names=("office_handover",))
+    assert cosmos("upsample", prompts, "--save-dir", "o").exit_code == 5
+    (job_id,) = [p.name for p in setup.jobs.iterdir()]
+    result = cosmos("remote", "status")
+    assert result.exit_code == 0, result.output
+    row = table_rows(result.stdout)[job_id]
+    assert row[1:6] == ["failed", "0", "0", "1", "1"], row
+    assert "CUDA out of memory" in row[7]
+
+
 def test_remote_logs_prints_the_last_lines_asked_for(setup, workdir):
     job_id, _ = finished_job(setup, workdir)
     log = (setup.jobs / job_id / "worker.log").read_text().splitlines()
