@@ -18,18 +18,12 @@ from typer.testing import CliRunner
 from cosmos_workflow.cli import app
 
 from .conftest import ASSETS
-from .engine import engine_env, require_engine_python, tiny_model_dir
-from .upsample_env import real_checkpoint, seed_specs, sshd_remote, write_config
+from .engine import require_engine_python, tiny_model_dir
+from .upsample_env import real_checkpoint, real_worker, seed_specs, sshd_remote, write_config
 
 pytestmark = pytest.mark.engine
 
 HOSTILE_TEMPLATE = "$(touch {canary}) `touch {canary}` \"q\" 'q';\nnew line ünï 東京 🚧"
-
-
-def _worker_env(work: Path) -> dict:
-    """Only what engine_env adds or changes: vLLM on CPU, caches in the test's folder."""
-    env = engine_env(work)
-    return {k: v for k, v in env.items() if os.environ.get(k) != v and k != "PATH"}
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +40,7 @@ def engine_run(tmp_path_factory, sshd):
     config = {
         "remote": sshd_remote(sshd),
         "paths": {"remote_dir": str(host)},
-        "worker": {
-            "runner": "direct",
-            "python": python,
-            "checkpoint_dir": str(real_checkpoint(base, model)),
-            # torch.compile would add about a minute of start-up on 2 cores.
-            "enforce_eager": True,
-            "env": _worker_env(base / "engine-work"),
-        },
+        "worker": real_worker(python, real_checkpoint(base, model), base / "engine-work"),
         "upsampling": {"auto_resize": False},
     }
     write_config(work / "config.toml", config)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .conftest import PROMPT_SPECS
-from .engine import FAKE_VLLM
+from .engine import FAKE_VLLM, engine_env
 
 CHECKPOINT = "nvidia/Cosmos-UpsamplePrompt1-12B-Transfer"
 
@@ -71,6 +71,21 @@ def stand_in_worker(engine_log: Path, checkpoint_dir: Path, chunk_size=64, **con
         "python": sys.executable,
         "checkpoint_dir": str(checkpoint_dir),
         "chunk_size": chunk_size,
+        "env": env,
+    }
+
+
+def real_worker(python: str, checkpoint_dir: Path, work_dir: Path) -> dict:
+    """[worker] settings for the REAL vLLM engine (tests/engine.py's venv) on this machine."""
+    # Only what engine_env adds or changes (vLLM on CPU, caches in work_dir): the worker
+    # inherits the rest from the SSH session.
+    env = {k: v for k, v in engine_env(work_dir).items() if os.environ.get(k) != v and k != "PATH"}
+    return {
+        "runner": "direct",
+        "python": python,
+        "checkpoint_dir": str(checkpoint_dir),
+        # torch.compile would add about a minute of start-up on 2 cores.
+        "enforce_eager": True,
         "env": env,
     }
 

@@ -63,7 +63,7 @@ def check(
         int | None, typer.Option(min=1, help="Frames per item (default: frames_to_extract).")
     ] = None,
     max_model_len: Annotated[
-        int | None, typer.Option(min=1, help="Context size (default: [upsampling] max_tokens).")
+        int | None, typer.Option(min=1, help="Context size (default: upsampling.max_tokens).")
     ] = None,
     output_tokens: Annotated[
         int | None, typer.Option(min=0, help="Room for the output (default: 300).")

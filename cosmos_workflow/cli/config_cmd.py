@@ -29,7 +29,9 @@ def show(
     if json_output:
         print_json({"files": list(config.files), "keys": rows})
         return
-    table = Table("key", "value", "source", title="effective configuration")
+    table = Table("key", title="effective configuration")
+    for column in ("value", "source"):  # paths whole, never cut to "…"
+        table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(f"{row['section']}.{row['key']}", repr(row["value"]), row["source"])
     out.print(table)

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, NoReturn
 
 import typer
@@ -28,6 +29,28 @@ err = Console(stderr=True, width=_WIDTH, **_PLAIN)
 def styled(text: str, style: str) -> Text:
     """A table cell or line in a style, its text taken literally."""
     return Text(str(text), style=style)
+
+
+def local_time(epoch_s: float | None) -> str:
+    """A worker's time stamp (seconds since 1970) as a person reads it: local clock, or "-"."""
+    if epoch_s is None:
+        return "-"
+    try:
+        return datetime.fromtimestamp(float(epoch_s)).strftime("%Y-%m-%d %H:%M:%S")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return str(epoch_s)
+
+
+def shown_path(path: str | os.PathLike | None) -> str:
+    """A path as a person types it here: relative when under the current folder, or "-"."""
+    if not path:
+        return "-"
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return str(path)
+    outside = relative == os.pardir or relative.startswith(os.pardir + os.sep)
+    return str(path) if outside else relative
 
 
 def print_error_line(label: str, message: str, hint: str | None = None) -> None:

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..errors import CosmosError
 from .common import orchestrator
-from .output import err, handle_errors, out, print_error_line, print_json
+from .output import err, handle_errors, local_time, out, print_error_line, print_json
 
 app = typer.Typer(help="Work with the GPU host: readiness, host keys, jobs.", no_args_is_help=True)
 
@@ -75,7 +75,8 @@ def render_check(report: dict) -> None:
 
 
 def _render_check_table(report: dict) -> None:
-    table = Table("what", "found", title="GPU host readiness")
+    table = Table("what", title="GPU host readiness")
+    table.add_column("found", overflow="fold")  # paths whole, never cut to "…"
     for what, found in _versions(report):
         table.add_row(what, found)
     for gpu in report.get("gpus") or []:
@@ -84,12 +85,13 @@ def _render_check_table(report: dict) -> None:
     if not report.get("gpus"):
         table.add_row("gpu", "none")
     model = report.get("model") or {}
-    table.add_row(
-        "model", f"{model.get('path')} ({'complete' if model.get('ok') else 'incomplete'})"
-    )
+    table.add_row("model", str(model.get("path")))
+    for name, size in (model.get("files") or {}).items():
+        table.add_row(f"  {name}", "missing" if size is None else f"{size:,} bytes")
     disk = report.get("disk") or {}
-    free = f"{disk.get('free_bytes', 0) / 2**30:.1f} GiB free at {disk.get('path')}"
-    table.add_row("disk", free + (" (low)" if disk.get("low") else ""))
+    if disk.get("free_bytes") is not None:
+        free = f"{disk['free_bytes'] / 2**30:.1f} GiB free at {disk.get('path')}"
+        table.add_row("disk", free + (" (low)" if disk.get("low") else ""))
     out.print(table)
 
 
@@ -150,13 +152,17 @@ def status(
         return
     table = Table("job", "state", "done", "failed", "pending", "total", "started", "error")
     for row in report["jobs"]:
+        # Every cell a string: status.json holds numbers (counts, epoch seconds), and rich
+        # renders only text.
         table.add_row(
             row["job_id"],
             row["state"],
-            *(str(row[k]) if row[k] is not None else "-" for k in ("done", "failed", "pending")),
-            str(row["total"] or "-"),
-            row["started_at"] or "-",
-            (row["error"] or "")[:60],
+            *(
+                "-" if row[k] is None else str(row[k])
+                for k in ("done", "failed", "pending", "total")
+            ),
+            local_time(row["started_at"]),
+            str(row["error"] or "")[:60],
         )
     out.print(table)
     for gpu in report["gpus"]:

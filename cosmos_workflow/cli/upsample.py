@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .common import orchestrator
-from .output import err, handle_errors, out, print_error_line, print_json, styled
+from .output import err, handle_errors, out, print_error_line, print_json, shown_path, styled
 
 # How the table's output column names what happens to an item's output file.
 _OUTPUT_ACTIONS = {
@@ -26,7 +26,8 @@ _OUTPUT_ACTIONS = {
 
 def _output_cell(item: dict) -> str:
     action = _OUTPUT_ACTIONS.get(item["output_action"] or "")
-    shown = item["output"] or (f"{item['id']}.json" if action else "-")
+    shown = shown_path(item["output"]) if item["output"] else None
+    shown = shown or (f"{item['id']}.json" if action else "-")
     return f"{shown} ({action})" if action else shown
 
 
@@ -63,7 +64,8 @@ def render_record(record) -> None:
         title = "nothing sent: no item could be prepared"
     table = Table(title=title)
     for column in ("item", "status", "frames", "prompt tokens", "output", "detail"):
-        table.add_column(column)
+        # A path cut to "…" cannot be opened: names and paths fold onto more lines instead.
+        table.add_column(column, overflow="fold" if column in ("item", "output") else "ellipsis")
     for item in data["items"]:
         frames = (
             f"{item['frames']}×{item['frame_width']}×{item['frame_height']}"

@@ -23,6 +23,7 @@ import shlex
 EXIT_PREFIX = "@@cosmos-exit "
 # `logs` exits with this when the job folder does not exist (tail itself exits 1).
 NO_JOB_EXIT = 3
+NO_JOB = "@@cosmos-no-job"
 # Seconds between tail's checks of the worker's pid (GNU tail --pid); the default is 1 s.
 _FOLLOW_POLL_S = "0.2"
 
@@ -65,9 +66,12 @@ def launch_and_follow(job: str, worker_command: str, *, skip_lines: int = 0) -> 
 
 
 def cancel(job: str, container: str | None = None, *, sudo: bool = False) -> str:
-    """Stop a running job: SIGTERM its process group (and its container, for docker)."""
+    """Stop a running job: SIGTERM its process group (and its container, for docker).
+
+    Prints `NO_JOB` (and changes nothing) when the host has no such job.
+    """
     q = shlex.quote
-    words = f"cd {q(job)} && touch cancelled && "
+    words = f"if ! cd {q(job)} 2>/dev/null; then echo {NO_JOB}; exit 0; fi; touch cancelled && "
     # `kill -TERM -PGID` (no `--`): the form both dash and bash accept for a process group.
     words += f'if {_alive("pid")}; then kill -TERM "-$(cat pid)" 2>/dev/null; fi'
     if container:

@@ -213,7 +213,9 @@ class RemoteMixin:
         settings = self.runner_settings()
         container = runners.container_name(job_id) if settings.kind == "docker" else None
         with self.connect() as conn:
-            conn.run(ShellCommand(jobctl.cancel(job, container, sudo=settings.sudo)))
+            result = conn.run(ShellCommand(jobctl.cancel(job, container, sudo=settings.sudo)))
+        if jobctl.NO_JOB in result.stdout.split():
+            raise _no_such_job(job_id)
 
 
 def _stalled_note(job_id: str, since) -> str:

@@ -37,6 +37,8 @@ Controls (environment variables):
   FAKE_VLLM_PROFILE     0.32 | 0.9 | 0.8 (above)
   FAKE_VLLM_REJECT_PROMPT  a request whose prompt text contains this string is rejected
                         (as one the engine cannot serve)
+  FAKE_VLLM_HOLD_AFTER  chat() hangs, until the process is stopped, when asked for item N+1
+                        (a job that is surely still running while a test looks at it)
 """
 
 from __future__ import annotations
@@ -281,6 +283,8 @@ class LLM:
                 while True:
                     time.sleep(3600)
             raise EngineDeadError("EngineCore encountered an issue. See stack trace above.")
+        while self.items_served == int(os.environ.get("FAKE_VLLM_HOLD_AFTER", -1)):
+            time.sleep(0.05)
         time.sleep(float(os.environ.get("FAKE_VLLM_DELAY_S", 0)))
         self.items_served += 1
         parts = conv[0]["content"]
