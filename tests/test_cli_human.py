@@ -64,6 +64,7 @@ DRIVEN = {
         "--force",
         "--recursive",
         "--cancel-on-interrupt",
+        "--overwrite",
     },
     "remote check": set(),
     "remote trust": {"--yes"},
@@ -78,6 +79,7 @@ DRIVEN = {
         "--save-dir",
         "--recursive",
         "--force",
+        "--overwrite",
     },
     "config show": set(),
 }
@@ -204,6 +206,21 @@ def test_remote_results_writes_the_specs_and_shows_the_table(setup, workdir):
         written = json.loads((workdir / "again" / f"{name}.json").read_text())
         assert written["is_upsampled"] is True
     assert "2 ok, 0 failed, 0 skipped" in result.stderr
+
+    # A hand edit survives a rerun (reported, kept); --overwrite replaces it with cosmos' text.
+    edited = workdir / "again" / "office_handover.json"
+    edited.write_text('{"prompt": "my own words"}\n')
+    result = cosmos("remote", "results", job_id, prompts, "--save-dir", workdir / "again")
+    assert "my own words" in edited.read_text()
+    (row,) = lines_with(result.stdout, "office_handover", "kept")
+    assert lines_with(result.stderr, "skipped: ", "office_handover", "--overwrite") or (
+        "--overwrite" in result.stderr
+    ), result.stderr
+    result = cosmos(
+        "remote", "results", job_id, prompts, "--save-dir", workdir / "again", "--overwrite"
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(edited.read_text())["is_upsampled"] is True
 
     # A long save-dir outside the current folder: shown whole (folded), never elided.
     far = workdir.parent / ("deep-" * 12) / "outputs"
@@ -415,6 +432,22 @@ def test_upsample_dry_run_shows_the_plan_and_sends_nothing(setup, workdir, host)
     assert lines_with(result.stderr, "would run:", "worker.py")
     assert not (host / "cosmos_workflow").exists()
     assert not (workdir / "o").exists() or not list((workdir / "o").iterdir())
+
+
+def test_upsample_keeps_a_hand_edit_and_overwrite_replaces_it(setup, workdir):
+    prompts = seed_specs(workdir / "prompts", names=("office_handover",))
+    assert cosmos("upsample", prompts, "--save-dir", "o").exit_code == 0
+    output = workdir / "o" / "office_handover.json"
+    output.write_text('{"prompt": "my own words"}\n')
+
+    plan = cosmos("upsample", prompts, "--save-dir", "o", "--dry-run", "--overwrite")
+    assert lines_with(plan.stdout, "office_handover", "overwrite"), plan.stdout
+    kept = cosmos("upsample", prompts, "--save-dir", "o")
+    assert "my own words" in output.read_text()
+    assert lines_with(kept.stdout, "office_handover", "kept"), kept.stdout
+    replaced = cosmos("upsample", prompts, "--save-dir", "o", "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert json.loads(output.read_text())["is_upsampled"] is True
 
 
 # -- Ctrl+C, and the commands its message names -----------------------------------------------

@@ -264,7 +264,9 @@ def no_temporaries(*folders) -> list[str]:
         str(p)
         for folder in folders
         for p in folder.rglob("*")
-        if p.name.startswith(".") or p.name.endswith(".tmp") or p.name.endswith(".tar")
+        if (p.name.startswith(".") and p.name != ".cosmos-outputs.json")  # the outputs ledger
+        or p.name.endswith(".tmp")
+        or p.name.endswith(".tar")
     ]
 
 

@@ -276,7 +276,7 @@ def test_remote_status_shows_a_stalled_job_and_how_to_stop_it(remote, tmp_path, 
         row = next(line for line in result.output.splitlines() if "0123456789abcdef" in line)
         assert "stalled" in row and "no progress" in row
         data = CliRunner().invoke(app, ["--config", str(config), "remote", "status", "--json"])
-        (job,) = json.loads(data.stdout)["jobs"]
+        (job,) = json.loads(data.stdout)["data"]["jobs"]
         assert job["state"] == "stalled" and job["alive"] is True
         assert "cosmos remote cancel 0123456789abcdef" in job["error"]
     finally:
