@@ -310,6 +310,12 @@ def test_remote_trust_asks_shows_the_fingerprint_and_records_it_once(untrusted, 
     assert f"already trusted: {key}" in again.stderr
     assert untrusted.read_text() == recorded
 
+    # Already trusted: nothing to ask, so no terminal is needed (CliRunner's stdin is none).
+    plain = cosmos("remote", "trust")
+    assert plain.exit_code == 0, plain.output
+    assert f"already trusted: {key}" in plain.stderr and "Trust this key" not in plain.stderr
+    assert untrusted.read_text() == recorded
+
 
 def test_remote_trust_answered_no_records_nothing(untrusted, sshd, workdir):
     code, stderr = run_in_terminal(["remote", "trust"], "n\n", workdir)

@@ -109,6 +109,9 @@ def trust(
     orch = orchestrator(ctx.find_root())
     if not yes and not json_output:
         info = orch.host_key()
+        if info.known:  # nothing to record: no question to ask
+            err.print(f"already trusted: {info.host} {info.key_type} {info.fingerprint_sha256}")
+            return
         err.print(f"{info.host} presents a {info.key_type} key {info.fingerprint_sha256}")
         if not sys.stdin.isatty():
             # typer.confirm would read EOF from a pipe and abort with a bare "Aborted!".
