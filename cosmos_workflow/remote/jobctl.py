@@ -6,7 +6,8 @@ A job folder (`<root>/jobs/<job_id>/`) holds, besides the worker's own files:
               so `kill -- -PID` reaches the worker and everything it started);
 - `stdout.log` what the worker prints (log lines and `@@cosmos-progress` lines);
 - `exitcode`  written by the wrapper when the worker ends: its exit status;
-- `cancelled` present when `cosmos remote cancel` stopped the job.
+- `cancelled` present when `cosmos remote cancel` stopped the job;
+- `launching` a lock folder, present while one `cosmos upsample` starts the worker.
 
 The worker runs detached from the SSH session (`setsid nohup`, stdin from /dev/null), so a
 dropped connection, a closed laptop or Ctrl+C ends only the `tail` that streams its output.
@@ -50,12 +51,24 @@ def launch_and_follow(job: str, worker_command: str, *, skip_lines: int = 0) -> 
     # be a short-lived parent, not the session leader. The worker runs in a subshell: it may
     # `exec`, which must not skip writing the exit code.
     wrapper = f"echo $$ > pid.tmp && mv pid.tmp pid; ({worker_command}); echo $? > exitcode"
-    return (
-        f"cd {q(job)} && "
-        f"if ! {_alive('pid')}; then "
+    start = (
         "rm -f exitcode cancelled pid && "
         f"{{ setsid nohup sh -c {q(wrapper)} > stdout.log 2>&1 < /dev/null & }}; "
         "i=0; while [ ! -s pid ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; "
+    )
+    # Two runs of the same command at once must start ONE worker: the launcher that creates
+    # `launching` (mkdir is atomic) looks again and starts it; the others wait for it to finish
+    # launching, then follow. A lock left by a launcher killed mid-launch expires after a minute.
+    return (
+        f"cd {q(job)} && "
+        "find . -maxdepth 1 -name launching -mmin +1 -exec rmdir {} + 2>/dev/null; "
+        f"if ! {_alive('pid')}; then "
+        "if mkdir launching 2>/dev/null; then "
+        f"if ! {_alive('pid')}; then {start}fi; "
+        "rmdir launching; "
+        "else "
+        "i=0; while [ -d launching ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; "
+        "fi; "
         "fi; "
         "touch stdout.log; "
         f'tail -n +{int(skip_lines) + 1} -s {_FOLLOW_POLL_S} --pid="$(cat pid)" -F stdout.log '
