@@ -19,6 +19,8 @@ Controls (environment variables):
   FAKE_VLLM_FAIL_LOAD   LLM() raises RuntimeError with this message
   FAKE_VLLM_EXIT_AFTER  the process dies (os._exit(137)) when asked for item N+1
   FAKE_VLLM_DEAD_AFTER  chat() raises EngineDeadError when asked for item N+1
+  FAKE_VLLM_HOLD_FILE   while this file exists and holds a number N, item N+1 and later wait
+                        (tests hold the worker mid-job, then delete the file to let it go on)
 """
 
 from __future__ import annotations
@@ -78,6 +80,19 @@ def _log(event: dict) -> None:
     if path:
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(event, ensure_ascii=False) + "\n")
+
+
+def _wait_while_held(items_served: int) -> None:
+    path = os.environ.get("FAKE_VLLM_HOLD_FILE")
+    while path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                hold_from = int(f.read().strip() or 0)
+        except FileNotFoundError:
+            return
+        if items_served < hold_from:
+            return
+        time.sleep(0.02)
 
 
 def _decode_image(url: str) -> bytes:
@@ -164,6 +179,7 @@ class LLM:
                 os._exit(137)
             if self.items_served == int(os.environ.get("FAKE_VLLM_DEAD_AFTER", -1)):
                 raise EngineDeadError("EngineCore encountered an issue. See stack trace above.")
+            _wait_while_held(self.items_served)
             time.sleep(float(os.environ.get("FAKE_VLLM_DELAY_S", 0)))
             self.items_served += 1
             parts = conversations[n][0]["content"]
