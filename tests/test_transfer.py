@@ -22,6 +22,7 @@ from cosmos_workflow.remote.transfer import (
     cache_entry_name,
     cache_install_command,
     pack_cache_tar,
+    quiet_prefetch_thread_errors,
     upload_to_cache,
 )
 
@@ -179,6 +180,27 @@ def test_interrupted_download_leaves_no_partial_file_and_a_retry_gets_it_whole(s
     assert result.bytes == remote.stat().st_size
     assert sha256_of(local) == sha256_of(remote)
     assert [p.name for p in folder.iterdir()] == ["big.bin"]
+
+
+def test_only_the_read_ahead_thread_dying_with_the_connection_is_kept_quiet(monkeypatch):
+    seen = []
+    monkeypatch.setattr(threading, "excepthook", seen.append)
+    quiet_prefetch_thread_errors()
+    hook = threading.excepthook
+    quiet_prefetch_thread_errors()  # once only: not wrapped twice
+    assert threading.excepthook is hook
+
+    def _prefetch_thread():  # named like paramiko's, dying like it does on a dropped connection
+        raise EOFError()
+
+    def other():
+        raise RuntimeError("a real bug")
+
+    for target in (_prefetch_thread, other):
+        thread = threading.Thread(target=target)
+        thread.start()
+        thread.join()
+    assert [args.exc_type for args in seen] == [RuntimeError]
 
 
 def test_a_closed_sftp_channel_is_a_lost_connection_not_a_file_error(sshd, tmp_path):
