@@ -1,34 +1,23 @@
-"""Shared fixtures: isolated user state, paths to the real-world media in ../shared/media."""
+"""Shared fixtures and the paths to the real-world media in ../shared/media.
+
+User state is isolated by the tests.isolation plugin (a throwaway home for the session, a fresh
+user folder per test); tests.sshd provides the real OpenSSH server.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-# The real OpenSSH sshd fixture (and its helpers) for every test module.
-pytest_plugins = ["tests.sshd"]
+# The real OpenSSH sshd fixture (and its helpers), and the session-wide isolation of user
+# state with its check that nothing is written outside the temp folders.
+pytest_plugins = ["tests.sshd", "tests.isolation"]
 
 REPO = Path(__file__).resolve().parents[1]
 MEDIA = REPO.parent / "shared" / "media"
 ASSETS = MEDIA / "cosmos-transfer1" / "assets"
 PROMPT_SPECS = MEDIA / "prompt-specs"
-
-
-@pytest.fixture(autouse=True)
-def isolated_user_state(tmp_path_factory, monkeypatch):
-    """Every test gets its own user folder (config + cache) and a clean COSMOS_* environment.
-
-    Like simonw/llm's LLM_USER_PATH: state is isolated through an environment variable, so no
-    test reads the developer's own ~/.config or ~/.cache.
-    """
-    for name in list(os.environ):
-        if name.startswith("COSMOS_") and not name.startswith("COSMOS_ENGINE_"):
-            monkeypatch.delenv(name)
-    user_dir = tmp_path_factory.mktemp("user")
-    monkeypatch.setenv("COSMOS_USER_DIR", str(user_dir))
-    return user_dir
 
 
 @pytest.fixture

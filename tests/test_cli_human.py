@@ -497,7 +497,9 @@ def wait_for_state(job_id: str, state: str, timeout_s: float = 30) -> str:
 
 def test_ctrl_c_message_names_commands_that_work(setup, workdir):
     # One item per engine call; each worker serves one item, then hangs until cancelled.
-    setup(chunk_size=1, hold_after=1)
+    hold = workdir.parent / "hold"
+    hold.write_text("1")  # the stand-in engine waits before a worker's second item
+    setup(chunk_size=1, hold_file=hold)
     prompts = many_specs(workdir / "prompts", 3)
     proc = start_upsample(workdir, prompts)
     job = wait_for_results(setup.jobs, 1)

@@ -132,8 +132,9 @@ def test_check_windows_path_is_one_clear_item_error(workdir):
 def test_check_missing_input_is_one_line(workdir):
     result = invoke("check", workdir / "nope.mp4")
     assert result.exit_code == 2
-    assert "no such file or folder" in result.stderr
-    assert len([line for line in result.stderr.splitlines() if line.startswith("error:")]) == 1
+    error, hint = result.stderr.strip().splitlines()
+    assert error.startswith("error: ") and "no such file or folder" in error
+    assert hint.startswith("hint: ")
 
 
 def test_check_bad_resolution_is_one_line_error(workdir):
@@ -180,7 +181,10 @@ def test_limits_human_table_mentions_each_context(workdir):
 def test_limits_bad_aspect_is_one_line(workdir):
     result = invoke("limits", "--aspect", "wide")
     assert result.exit_code == 2
-    assert result.stderr.startswith("error: ")
+    error, hint = result.stderr.strip().splitlines()
+    assert error.startswith("error: ") and "wide" in error
+    assert hint.startswith("hint: ")
+    assert result.stdout == ""
 
 
 def test_prepare_writes_frames_hint_video_and_preview(workdir):
@@ -206,9 +210,15 @@ def test_prepare_writes_frames_hint_video_and_preview(workdir):
 
 
 def test_prepare_never_modifies_inputs(workdir):
-    before = {p: p.read_bytes() for p in (OFFICE, ASSETS / "example1_input_video.mp4")}
-    invoke("prepare", OFFICE, "--out", workdir / "p")
-    assert {p: p.read_bytes() for p in before} == before
+    video = ASSETS / "example1_input_video.mp4"
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (OFFICE, video)}
+    result = invoke("prepare", OFFICE, "--out", workdir / "p", "--json")
+    assert result.exit_code == 0, result.output
+    (item,) = data(result)["items"]
+    assert item["verdict"] == "fits"
+    # It really read and prepared the inputs, so "unchanged" below means something.
+    assert len(list((workdir / "p" / "office_handover").glob("frame_*.png"))) == 2
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in before} == before
 
 
 def test_outputs_get_ordinary_file_permissions(workdir):

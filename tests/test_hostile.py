@@ -36,6 +36,7 @@ from cosmos_workflow.media.tools import install_hint
 from cosmos_workflow.specs.outputs import LEDGER_NAME
 
 from .clips import EXAMPLE1, make_clip, make_not_a_video, make_truncated
+from .isolation import REAL_HOME
 from .sshd import SSHServer, free_port, keygen
 from .upsample_env import (
     CHECKPOINT,
@@ -1609,7 +1610,8 @@ def test_hostile_text_travels_as_plain_data(case_name, world):
     assert snapshot(world.tmp, skip=(world.host, world.save, world.engine_log)) == inputs_before
     # Executed, the shell code would create a file of exactly the canary's name somewhere.
     assert not list(world.tmp.rglob(world.canary.name))
-    assert not (Path.home() / world.canary.name).exists()
+    for home in (Path.home(), REAL_HOME):  # sshd runs commands in the real home
+        assert not (home / world.canary.name).exists()
 
 
 def item_job(result) -> str:
@@ -1634,7 +1636,7 @@ def test_hostile_file_names_and_remote_dir_never_run_on_the_host(world):
     assert item["status"] == "ok"
     assert (remote_dir / "cosmos_workflow" / "worker.py").is_file()  # the quoted path was used
     assert not world.canary.exists()
-    for where in (world.tmp, world.work, Path.home()):
+    for where in (world.tmp, world.work, Path.home(), REAL_HOME):
         assert not (where / world.canary.name).exists()
 
 

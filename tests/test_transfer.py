@@ -22,6 +22,7 @@ from cosmos_workflow.remote.transfer import (
     cache_entry_name,
     cache_install_command,
     pack_cache_tar,
+    quiet_prefetch_thread_errors,
     upload_to_cache,
 )
 
@@ -140,6 +141,66 @@ def test_interrupted_upload_never_appears_under_its_final_name(sshd, tmp_path):
         thread.join(10)
     assert errors and errors[0].code == "connection_lost"
     assert not target.exists()
+
+
+# paramiko's read-ahead thread dies with the connection: its traceback must not reach stderr.
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_interrupted_download_leaves_no_partial_file_and_a_retry_gets_it_whole(sshd, tmp_path):
+    remote = tmp_path / "host" / "big.bin"
+    remote.parent.mkdir()
+    remote.write_bytes(os.urandom(48 << 20))
+    folder = tmp_path / "local"
+    folder.mkdir()
+    local = folder / "big.bin"
+    errors = []
+    with Connection(sshd.settings()) as conn:
+        conn.connect()
+
+        def download():
+            try:
+                conn.get(str(remote), local)
+            except SSHError as e:
+                errors.append(e)
+
+        thread = threading.Thread(target=download)
+        thread.start()
+        deadline = time.monotonic() + 10
+        # Wait until bytes are flowing into the temporary file, then cut the connection.
+        while time.monotonic() < deadline and not any(
+            p.stat().st_size > 0 for p in folder.iterdir()
+        ):
+            time.sleep(0.01)
+        assert sshd.kill_sessions() >= 1
+        thread.join(10)
+        assert errors and errors[0].code == "connection_lost"
+        assert list(folder.iterdir()) == []  # no partial file, under any name
+
+        result = conn.get(str(remote), local)  # the same call again, on a new connection
+        assert conn.counters.connect == 2
+    assert result.bytes == remote.stat().st_size
+    assert sha256_of(local) == sha256_of(remote)
+    assert [p.name for p in folder.iterdir()] == ["big.bin"]
+
+
+def test_only_the_read_ahead_thread_dying_with_the_connection_is_kept_quiet(monkeypatch):
+    seen = []
+    monkeypatch.setattr(threading, "excepthook", seen.append)
+    quiet_prefetch_thread_errors()
+    hook = threading.excepthook
+    quiet_prefetch_thread_errors()  # once only: not wrapped twice
+    assert threading.excepthook is hook
+
+    def _prefetch_thread():  # named like paramiko's, dying like it does on a dropped connection
+        raise EOFError()
+
+    def other():
+        raise RuntimeError("a real bug")
+
+    for target in (_prefetch_thread, other):
+        thread = threading.Thread(target=target)
+        thread.start()
+        thread.join()
+    assert [args.exc_type for args in seen] == [RuntimeError]
 
 
 def test_a_closed_sftp_channel_is_a_lost_connection_not_a_file_error(sshd, tmp_path):

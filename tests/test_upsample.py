@@ -254,8 +254,18 @@ def test_local_transport_runs_the_same_flow(setup, workdir, host, tmp_path):
 def test_remote_check_reports_the_host(setup):
     result = runner.invoke(app, ["remote", "check", "--json"])
     report = json.loads(result.stdout)["data"]
-    assert report["vllm"]["version"] == "0.0-standin"
-    assert result.exit_code in (0, 1)  # no GPU on this machine: "not ready" is honest
+    assert report["vllm"] == {"version": "0.0-standin", "error": None}
+    assert report["model"]["ok"] is True
+    assert all(size is not None for size in report["model"]["files"].values())
+    # The host has everything but, maybe, a GPU (none on a CI machine): that is the only
+    # problem it may report, and the exit code says ready exactly when nothing is missing.
+    if report["gpus"]:
+        assert report["problems"] == []
+    else:
+        (problem,) = report["problems"]
+        assert problem.startswith("no GPU visible: ")
+    assert report["ready"] is (not report["problems"])
+    assert result.exit_code == (0 if report["ready"] else 1), result.output
 
 
 def test_remote_trust_records_the_key(workdir, sshd, tmp_path):

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.engine import WORKER, batch_settings, fake_engine_env
+from tests.engine import WORKER, batch_settings, fake_engine_env, missing_in_ci
+from tests.isolation import REAL_HOME
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
 CHECKPOINT = "nvidia/Cosmos-UpsamplePrompt1-12B-Transfer"
@@ -733,19 +734,27 @@ def test_worker_runs_alone_in_isolated_python(tmp_path):
 
 def find_python(version: str) -> str | None:
     """An interpreter of that version that really runs (pyenv shims may only pretend)."""
-    pyenv = sorted(Path.home().glob(f".pyenv/versions/{version}.*/bin/python{version}"))
+    root = Path(os.environ.get("PYENV_ROOT") or REAL_HOME / ".pyenv")  # HOME is a temp folder
+    pyenv = sorted(root.glob(f"versions/{version}.*/bin/python{version}"))
     for candidate in [*map(str, pyenv), shutil.which(f"python{version}")]:
         if candidate and subprocess.run([candidate, "-c", ""], capture_output=True).returncode == 0:
             return candidate
     return None
 
 
+def require_python(version: str) -> str:
+    """find_python(version), or stop: fail under CI=true (scripts/install.sh installs both
+    interpreters, so a missing one is a broken setup), else skip."""
+    python = find_python(version)
+    if python is not None:
+        return python
+    missing_in_ci("worker tests", f"python{version} not installed (scripts/install.sh installs it)")
+
+
 @pytest.mark.parametrize("version", ["3.10", "3.12"])
 def test_worker_runs_a_job_on_other_supported_pythons(remote, version):
     """GPU hosts and Docker images bring their own Python (3.10 to 3.12)."""
-    python = find_python(version)
-    if python is None:
-        pytest.skip(f"python{version} not installed")
+    python = require_python(version)
     frames = [remote.frame(320, 180)] * 2
     job_dir = remote.job([{"id": "a", "prompt": "x", "frames": frames}])
 

@@ -22,10 +22,13 @@ import re
 import stat
 import tarfile
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import paramiko
 
 from ..errors import SSHError, TransferError
 from .base import (
@@ -139,6 +142,40 @@ def storage_errors(conn: Host, path: str, needed_bytes: int) -> Iterator[None]:
         raise problem from e
 
 
+def _prefetch_thread_lost_connection(args) -> bool:
+    """Whether an uncaught thread exception is paramiko's read-ahead thread failing because
+    the connection dropped (paramiko/paramiko#2379)."""
+    if not issubclass(args.exc_type, (EOFError, OSError, paramiko.SSHException)):
+        return False
+    tb = args.exc_traceback
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "_prefetch_thread":
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def quiet_prefetch_thread_errors() -> None:
+    """Keep paramiko's read-ahead thread from printing a traceback when the connection drops.
+
+    `get` and `read_bytes` read ahead (SFTPFile.prefetch) in a thread of paramiko's own; on a
+    dropped connection that thread dies with EOFError and Python prints its traceback to
+    stderr, while the read in the calling thread fails too and becomes one "connection_lost"
+    error. Installs (once) a threading.excepthook that drops exactly those; any other thread
+    exception goes to the hook that was there before.
+    """
+    previous = threading.excepthook
+    if getattr(previous, "quiets_prefetch_thread", False):
+        return
+
+    def excepthook(args) -> None:
+        if not _prefetch_thread_lost_connection(args):
+            previous(args)
+
+    excepthook.quiets_prefetch_thread = True
+    threading.excepthook = excepthook
+
+
 def require_local_file(path: Path) -> None:
     if not path.is_file():
         raise TransferError(f"local file {path} does not exist", code="local_not_found")
@@ -156,6 +193,7 @@ class SFTPOperations:
     @contextlib.contextmanager
     def _file_op(self, doing: str, remote: str) -> Iterator:
         self.counters.sftp += 1
+        quiet_prefetch_thread_errors()
         # file_errors outside: an OSError from a dead transport is a lost connection first.
         with file_errors(doing, remote), self._lost_on_failure(f"trying to {doing} {remote}"):
             yield self.sftp

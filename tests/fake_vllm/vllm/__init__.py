@@ -37,8 +37,8 @@ Controls (environment variables):
   FAKE_VLLM_PROFILE     0.32 | 0.9 | 0.8 (above)
   FAKE_VLLM_REJECT_PROMPT  a request whose prompt text contains this string is rejected
                         (as one the engine cannot serve)
-  FAKE_VLLM_HOLD_AFTER  chat() hangs, until the process is stopped, when asked for item N+1
-                        (a job that is surely still running while a test looks at it)
+  FAKE_VLLM_HOLD_FILE   while this file exists and holds a number N, item N+1 and later wait
+                        (tests hold the worker mid-job, then delete the file to let it go on)
 """
 
 from __future__ import annotations
@@ -140,6 +140,19 @@ def _log(event: dict) -> None:
     if path:
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(event, ensure_ascii=False) + "\n")
+
+
+def _wait_while_held(items_served: int) -> None:
+    path = os.environ.get("FAKE_VLLM_HOLD_FILE")
+    while path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                hold_from = int(f.read().strip() or 0)
+        except FileNotFoundError:
+            return
+        if items_served < hold_from:
+            return
+        time.sleep(0.02)
 
 
 def _decode_image(url: str) -> bytes:
@@ -283,8 +296,7 @@ class LLM:
                 while True:
                     time.sleep(3600)
             raise EngineDeadError("EngineCore encountered an issue. See stack trace above.")
-        while self.items_served == int(os.environ.get("FAKE_VLLM_HOLD_AFTER", -1)):
-            time.sleep(0.05)
+        _wait_while_held(self.items_served)
         time.sleep(float(os.environ.get("FAKE_VLLM_DELAY_S", 0)))
         self.items_served += 1
         parts = conv[0]["content"]
