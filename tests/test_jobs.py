@@ -369,6 +369,7 @@ def test_download_cut_mid_transfer_is_retried_and_every_output_is_whole(job_env,
     assert names == {f"item_{n:04d}.json" for n in range(ITEMS)} | {
         "run.json",
         f"runs/{record['job_id']}.json",
+        ".cosmos-outputs.json",  # the ledger of what cosmos wrote here
     }
 
 

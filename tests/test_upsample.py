@@ -254,7 +254,7 @@ def test_local_transport_runs_the_same_flow(setup, workdir, host, tmp_path):
 def test_remote_check_reports_the_host(setup):
     result = runner.invoke(app, ["remote", "check", "--json"])
     report = json.loads(result.stdout)["data"]
-    assert report["vllm"] == {"version": "0.0-standin", "error": None}
+    assert report["vllm"] == {"version": "0.0-standin", "error": None, "extension_error": None}
     assert report["model"]["ok"] is True
     assert all(size is not None for size in report["model"]["files"].values())
     # The host has everything but, maybe, a GPU (none on a CI machine): that is the only
