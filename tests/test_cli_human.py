@@ -27,12 +27,14 @@ from cosmos_workflow.cli import app
 
 from .engine import require_engine_python, tiny_model_dir
 from .upsample_env import (
+    host_dir,
     many_specs,
     real_checkpoint,
     real_worker,
     seed_specs,
     sshd_remote,
     stand_in_checkpoint,
+    stand_in_setup,
     stand_in_worker,
     write_config,
 )
@@ -111,30 +113,13 @@ def lines_with(text: str, *words: str) -> list[str]:
 
 @pytest.fixture
 def host(tmp_path):
-    remote_dir = tmp_path / "host" / "cosmos-transfer1"
-    remote_dir.mkdir(parents=True)
-    return remote_dir
+    return host_dir(tmp_path)
 
 
 @pytest.fixture
 def setup(workdir, host, sshd, tmp_path):
     """./config.toml pointing at the sshd host with the stand-in engine; call to change it."""
-    engine_log = tmp_path / "engine.jsonl"
-
-    def configure(remote=None, **worker_controls):
-        write_config(
-            workdir / "config.toml",
-            {
-                "remote": remote or sshd_remote(sshd),
-                "paths": {"remote_dir": str(host)},
-                "worker": stand_in_worker(engine_log, stand_in_checkpoint(host), **worker_controls),
-            },
-        )
-
-    configure()
-    configure.engine_log = engine_log
-    configure.jobs = host / "cosmos_workflow" / "jobs"
-    return configure
+    return stand_in_setup(workdir, host, tmp_path / "engine.jsonl", lambda: sshd_remote(sshd))
 
 
 def finished_job(setup, workdir) -> tuple[str, Path]:

@@ -27,11 +27,11 @@ from cosmos_workflow.remote.transfer import cache_entry_name, upload_to_cache
 from .test_transfer import make_frames, sha256_of
 from .upsample_env import (
     engine_events,
+    host_dir,
     many_specs,
     seed_specs,
     sshd_remote,
-    stand_in_checkpoint,
-    stand_in_worker,
+    stand_in_setup,
     write_config,
 )
 
@@ -40,34 +40,19 @@ runner = CliRunner()
 
 @pytest.fixture
 def host(tmp_path):
-    remote_dir = tmp_path / "host" / "cosmos-transfer1"
-    remote_dir.mkdir(parents=True)
-    return remote_dir
+    return host_dir(tmp_path)
 
 
 @pytest.fixture(params=["ssh", "local"])
 def configure(request, workdir, host, tmp_path):
     """Write config.toml for the sshd host (or the local transport); keys override sections."""
 
-    def write(remote_dir=None, **controls):
-        remote = (
-            sshd_remote(request.getfixturevalue("sshd"))
-            if request.param == "ssh"
-            else {"transport": "local"}
-        )
-        write_config(
-            workdir / "config.toml",
-            {
-                "remote": remote,
-                "paths": {"remote_dir": str(remote_dir or host)},
-                "worker": stand_in_worker(
-                    tmp_path / "engine.jsonl", stand_in_checkpoint(host), **controls
-                ),
-            },
-        )
+    def remote():
+        if request.param == "ssh":
+            return sshd_remote(request.getfixturevalue("sshd"))
+        return {"transport": "local"}
 
-    write()
-    return write
+    return stand_in_setup(workdir, host, tmp_path / "engine.jsonl", remote)
 
 
 def error_lines(result) -> list[str]:

@@ -6,68 +6,38 @@ and the stand-in engine; outputs, inputs and hand edits are real files.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from cosmos_workflow.cli import app
 from cosmos_workflow.specs import load_specs
 from cosmos_workflow.workflows.jobs import parse_results
 
 from .conftest import ASSETS
 from .upsample_env import (
+    digest_tree,
     engine_events,
+    host_dir,
+    record_of,
     seed_specs,
-    stand_in_checkpoint,
-    stand_in_worker,
-    write_config,
+    stand_in_setup,
+    upsample,
 )
 
-runner = CliRunner()
 CLIP = ASSETS / "example1_input_video.mp4"
 
 
 @pytest.fixture
 def local(workdir, tmp_path):
     """config.toml for the local transport with the stand-in engine; call it to change controls."""
-    host = tmp_path / "host" / "cosmos-transfer1"
-    host.mkdir(parents=True)
-    engine_log = tmp_path / "engine.jsonl"
-
-    def configure(**worker_controls):
-        write_config(
-            workdir / "config.toml",
-            {
-                "remote": {"transport": "local"},
-                "paths": {"remote_dir": str(host)},
-                "worker": stand_in_worker(engine_log, stand_in_checkpoint(host), **worker_controls),
-            },
-        )
-
-    configure()
-    configure.engine_log = engine_log
-    return configure
-
-
-def upsample(*args):
-    return runner.invoke(app, ["upsample", *map(str, args)])
-
-
-def record_of(result) -> dict:
-    assert result.stdout, result.stderr
-    return json.loads(result.stdout)["data"]
+    host = host_dir(tmp_path)
+    return stand_in_setup(workdir, host, tmp_path / "engine.jsonl", lambda: {"transport": "local"})
 
 
 def by_name(record: dict) -> dict:
     return {item["name"]: item for item in record["items"]}
-
-
-def digest_tree(folder: Path) -> dict:
-    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
 
 
 def generated(local) -> list[str]:

@@ -5,7 +5,6 @@ The same flow against the real vLLM engine is in test_upsample_engine.py.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from pathlib import Path
@@ -17,11 +16,14 @@ from cosmos_workflow.cli import app
 
 from .conftest import ASSETS, PROMPT_SPECS
 from .upsample_env import (
+    digest_tree,
     engine_events,
+    host_dir,
+    record_of,
     seed_specs,
     sshd_remote,
-    stand_in_checkpoint,
-    stand_in_worker,
+    stand_in_setup,
+    upsample,
     write_config,
 )
 
@@ -30,43 +32,13 @@ runner = CliRunner()
 
 @pytest.fixture
 def host(tmp_path):
-    """The 'GPU host' side: a remote_dir on this machine, reached through sshd."""
-    remote_dir = tmp_path / "host" / "cosmos-transfer1"
-    remote_dir.mkdir(parents=True)
-    return remote_dir
+    return host_dir(tmp_path)
 
 
 @pytest.fixture
 def setup(workdir, host, sshd, tmp_path):
     """A workdir config.toml pointing at the sshd host with the stand-in engine."""
-    engine_log = tmp_path / "engine.jsonl"
-
-    def configure(remote=None, **worker_controls):
-        write_config(
-            workdir / "config.toml",
-            {
-                "remote": remote or sshd_remote(sshd),
-                "paths": {"remote_dir": str(host)},
-                "worker": stand_in_worker(engine_log, stand_in_checkpoint(host), **worker_controls),
-            },
-        )
-
-    configure()
-    configure.engine_log = engine_log
-    return configure
-
-
-def upsample(*args):
-    return runner.invoke(app, ["upsample", *map(str, args)])
-
-
-def record_of(result) -> dict:
-    assert result.stdout, result.stderr
-    return json.loads(result.stdout)["data"]
-
-
-def digest_tree(folder: Path) -> dict:
-    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+    return stand_in_setup(workdir, host, tmp_path / "engine.jsonl", lambda: sshd_remote(sshd))
 
 
 def test_directory_of_specs_is_one_job_with_lineage(setup, workdir, host):

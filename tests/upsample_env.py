@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
 from pathlib import Path
+
+from typer.testing import CliRunner
+
+from cosmos_workflow.cli import app
 
 from .conftest import PROMPT_SPECS
 from .engine import FAKE_VLLM, engine_env
@@ -124,3 +129,49 @@ def many_specs(folder: Path, count: int) -> Path:
         spec = dict(base, id=f"ps_{n:012x}", name=f"item_{n:04d}", prompt=f"prompt number {n}")
         (folder / f"item_{n:04d}.json").write_text(json.dumps(spec))
     return folder
+
+
+def host_dir(tmp_path: Path) -> Path:
+    """The "GPU host" side: a cosmos-transfer1 checkout folder on this machine."""
+    remote_dir = tmp_path / "host" / "cosmos-transfer1"
+    remote_dir.mkdir(parents=True, exist_ok=True)
+    return remote_dir
+
+
+def stand_in_setup(workdir: Path, host: Path, engine_log: Path, default_remote):
+    """`configure(remote=None, remote_dir=None, **worker_controls)`: writes ./config.toml for
+    the host (reached through `default_remote()`, or `remote`) with the stand-in engine, and is
+    called once here. `.engine_log` and `.jobs` say where to look afterwards."""
+
+    def configure(remote=None, remote_dir=None, **worker_controls):
+        write_config(
+            workdir / "config.toml",
+            {
+                "remote": remote or default_remote(),
+                "paths": {"remote_dir": str(remote_dir or host)},
+                "worker": stand_in_worker(engine_log, stand_in_checkpoint(host), **worker_controls),
+            },
+        )
+
+    configure()
+    configure.engine_log = engine_log
+    configure.jobs = host / "cosmos_workflow" / "jobs"
+    return configure
+
+
+_runner = CliRunner()
+
+
+def upsample(*args):
+    """`cosmos upsample ARGS…` through typer's runner."""
+    return _runner.invoke(app, ["upsample", *map(str, args)])
+
+
+def record_of(result) -> dict:
+    """The run record a `--json` run printed."""
+    assert result.stdout, result.stderr
+    return json.loads(result.stdout)["data"]
+
+
+def digest_tree(folder: Path) -> dict:
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
