@@ -311,3 +311,23 @@ def test_an_engine_that_fails_to_start_is_named_by_its_root_cause_in_the_first_l
     assert "root cause above" not in error
     assert "gpu_memory_utilization" in result.stderr  # what to change
     assert not (workdir / "out").exists() or not any((workdir / "out").glob("*.json"))
+
+
+def test_an_item_the_model_wrote_nothing_for_is_failed_not_written_and_retried(setup, workdir):
+    setup(remote={"transport": "local"}, silent_prompt="robot")
+    prompts = seed_specs(workdir / "prompts")
+
+    first = upsample(prompts, "--save-dir", workdir / "o", "--json")
+
+    assert first.exit_code == 1, first.output
+    items = {i["name"]: i for i in record_of(first)["items"]}
+    assert items["robot_lab_night"]["error"]["code"] == "empty_output"
+    assert "retries it" in items["robot_lab_night"]["error"]["hint"]
+    assert not (workdir / "o" / "robot_lab_night.json").exists()  # never an empty prompt
+    assert items["office_handover"]["status"] == "ok"
+
+    setup(remote={"transport": "local"})  # the model speaks this time
+    second = upsample(prompts, "--save-dir", workdir / "o", "--json")
+    assert second.exit_code == 0, second.output
+    written = json.loads((workdir / "o" / "robot_lab_night.json").read_text())
+    assert written["prompt"].startswith("standin upsampled: ")

@@ -93,8 +93,16 @@ def test_batch_upsamples_every_fitting_item_with_the_real_engine(engine_run):
     result = engine_run["batch"]
     items = _items(result)
     assert result.exit_code == 1, result.output  # robot_lab_night does not fit at 1280×704
+    fitting = {"office_handover", "hostile", "inference_cosmos_transfer1_single_control_edge"}
+    assert items["robot_lab_night"]["error"]["code"] == "too_long"
     ok = {name for name, item in items.items() if item["status"] == "ok"}
-    assert ok == {"office_handover", "hostile", "inference_cosmos_transfer1_single_control_edge"}
+    # The random model now and then writes only special tokens for a prompt (the hostile one
+    # carries a new canary path each run): that item is failed as empty_output, never written
+    # as an empty prompt, and a rerun retries it. Every other fitting item is served.
+    for name in fitting - ok:
+        assert items[name]["error"]["code"] == "empty_output", items[name]["error"]
+        assert not Path(engine_run["work"], "out", f"{name}.json").exists()
+    assert ok <= fitting and len(ok) >= 2, {n: i["error"] for n, i in items.items()}
     for name in ok:
         item = items[name]
         assert item["upsampled_prompt"]  # gibberish from a random model, but text

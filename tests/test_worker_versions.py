@@ -80,8 +80,9 @@ def test_a_prompt_exactly_at_max_model_len(remote, profile, accepted):
 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (row,) = results(job_dir)
-    if accepted:
-        assert row["error"] is None and row["prompt_tokens"] == 509
+    if accepted:  # served, with no room left to write anything: an empty output is an error
+        assert row["prompt_tokens"] == 509 and row["error"]["type"] == "EmptyOutput"
+        assert row["finish_reason"] == "length" and row["output_tokens"] == 0
     else:  # vLLM 0.8 rejects a prompt that leaves no room at all, with a plain ValueError
         assert row["error"]["type"] == "ValueError"
         assert (
@@ -121,7 +122,10 @@ def test_more_outputs_than_requests_fails_those_items_and_the_job_goes_on(tmp_pa
     assert [r["id"] for r in records] == ["a", "b"]
     for record in records:
         assert record["text"] is None
-        assert record["error"]["message"] == "the engine returned 3 outputs for 2 requests"
+        assert record["error"] == {
+            "type": "OutputMismatch",
+            "message": "the engine returned 3 outputs for 2 requests",
+        }
 
 
 def test_outputs_of_an_earlier_call_are_told_apart_by_request_id():
@@ -291,3 +295,27 @@ def test_spawned_engine_processes_get_the_aimv2_guard_too():
     code = f"import runpy; runpy.run_path({str(WORKER)!r}, run_name='__mp_main__'); import vllm"
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_an_item_the_model_wrote_nothing_for_is_an_error_a_rerun_retries(remote):
+    frames = [remote.frame(320, 180)] * 2
+    items = [{"id": "quiet", "prompt": "say nothing", "frames": frames}]
+    items.append({"id": "talks", "prompt": "say something", "frames": frames})
+    job_dir = remote.job(items)
+
+    first = remote.run("run", str(job_dir), silent_prompt="nothing")
+
+    assert first.returncode == 0, first.stdout + first.stderr
+    rows = {r["id"]: r for r in results(job_dir)}
+    assert rows["quiet"]["text"] is None
+    assert rows["quiet"]["error"] == {
+        "type": "EmptyOutput",
+        "message": "the model wrote no text (5 tokens, finish reason stop)",
+    }
+    assert rows["talks"]["error"] is None
+    second = remote.run("run", str(job_dir))  # the model speaks this time
+    assert second.returncode == 0
+    assert remote.generated_prompts().count("say nothing") == 2
+    assert remote.generated_prompts().count("say something") == 1
+    (retried,) = [r for r in results(job_dir)[2:]]
+    assert retried["id"] == "quiet" and retried["text"].endswith("say nothing")

@@ -102,6 +102,14 @@ class EngineDiedError(Exception):
     """The engine stopped working during the run, or the worker was told to stop (exit 4)."""
 
 
+class EmptyOutput(Exception):
+    """The model wrote no text for an item: an error result, so a rerun retries it."""
+
+
+class OutputMismatch(Exception):
+    """The engine's outputs cannot be matched to the chunk's requests: the chunk's items fail."""
+
+
 # ---------------------------------------------------------------------------- batch and model
 
 
@@ -524,7 +532,7 @@ def error_record(item_id: str, error: BaseException, elapsed_s: float) -> dict:
 
 def output_record(item_id: str, output, elapsed_s: float) -> dict:
     completion = output.outputs[0]
-    return {
+    record = {
         "id": item_id,
         # NVIDIA strips the generated text before using it as the new prompt.
         "text": (completion.text or "").strip(),
@@ -534,6 +542,15 @@ def output_record(item_id: str, output, elapsed_s: float) -> dict:
         "error": None,
         "elapsed_s": round(elapsed_s, 3),
     }
+    if not record["text"]:
+        # Nothing to replace the prompt with (only special tokens or whitespace): never an
+        # empty upsampled spec; as an error result the next run of the command retries it.
+        empty = EmptyOutput(
+            f"the model wrote no text ({record['output_tokens']} tokens, "
+            f"finish reason {record['finish_reason']})"
+        )
+        record.update(text=None, error={"type": "EmptyOutput", "message": str(empty)})
+    return record
 
 
 def next_request_id(llm) -> int | None:
@@ -625,7 +642,7 @@ def run_chunk(llm, sampling_params, chunk: list) -> list:
         message = f"the engine returned {len(outputs)} outputs for {len(chunk)} requests"
         log.error("%s; failing those items so a rerun retries them", message)
         drop_leftover_requests(llm, None)
-        mismatch = RuntimeError(message)
+        mismatch = OutputMismatch(message)
         return [error_record(item_id, mismatch, elapsed_s) for item_id, _ in chunk]
     return [
         output_record(item_id, out, elapsed_s)

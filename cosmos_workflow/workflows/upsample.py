@@ -350,16 +350,7 @@ class UpsampleMixin:
             item.output_tokens = result.get("output_tokens")
             item.finish_reason = result.get("finish_reason")
             if result.get("error"):
-                engine_error = result["error"]
-                item.fail(
-                    {
-                        "code": "engine_rejected",
-                        "message": f"{engine_error.get('type')}: {engine_error.get('message')}",
-                        "hint": "the engine refused what the local count accepted: try a smaller "
-                        "--max-resolution or a shorter prompt, and check [upsampling] max_tokens "
-                        "matches the engine; the same command again retries only failed items",
-                    }
-                )
+                item.fail(_engine_item_error(result["error"]))
                 continue
             item.upsampled_prompt = result.get("text", "")
             done.append(item)
@@ -400,3 +391,28 @@ def _budget_error(check: CheckItem) -> dict:
         ),
         "hint": hint,
     }
+
+
+# Item errors the worker reports that are not the engine refusing a request: (code, hint).
+_WORKER_ITEM_ERRORS = {
+    "EmptyOutput": ("empty_output", "the same command again retries it (sampling differs)"),
+    "OutputMismatch": (
+        "engine_output_mismatch",
+        "the engine answered out of step; the same command again retries these items",
+    ),
+}
+
+
+def _engine_item_error(engine_error: dict) -> dict:
+    """An item's error result from the worker as the run record's error."""
+    kind = engine_error.get("type")
+    code, hint = _WORKER_ITEM_ERRORS.get(
+        kind,
+        (
+            "engine_rejected",
+            "the engine refused what the local count accepted: try a smaller "
+            "--max-resolution or a shorter prompt, and check [upsampling] max_tokens "
+            "matches the engine; the same command again retries only failed items",
+        ),
+    )
+    return {"code": code, "message": f"{kind}: {engine_error.get('message')}", "hint": hint}

@@ -37,6 +37,7 @@ Controls (environment variables):
   FAKE_VLLM_PROFILE     0.32 | 0.9 | 0.8 (above)
   FAKE_VLLM_REJECT_PROMPT  a request whose prompt text contains this string is rejected
                         (as one the engine cannot serve)
+  FAKE_VLLM_SILENT_PROMPT  for a prompt containing this string the model writes no text
   FAKE_VLLM_HOLD_FILE   while this file exists and holds a number N, item N+1 and later wait
                         (tests hold the worker mid-job, then delete the file to let it go on)
 """
@@ -313,6 +314,9 @@ class LLM:
         _log(dict(event, url_prefixes=_url_prefixes(parts), pid=os.getpid()))
         room = min(sampling_params.max_tokens, self.max_model_len - prompt_tokens)
         words = ("standin upsampled: " + text).split(" ")
+        silent = os.environ.get("FAKE_VLLM_SILENT_PROMPT")
+        if silent and silent in text:  # only special tokens: no text at all
+            words = [""] * min(5, room)
         finish_reason = "length" if len(words) > room else "stop"
         words = words[:room]
         completion = CompletionOutput(" ".join(words), list(range(len(words))), finish_reason)
