@@ -102,10 +102,6 @@ class EngineDiedError(Exception):
     """The engine stopped working during the run, or the worker was told to stop (exit 4)."""
 
 
-class EmptyOutput(Exception):
-    """The model wrote no text for an item: an error result, so a rerun retries it."""
-
-
 class OutputMismatch(Exception):
     """The engine's outputs cannot be matched to the chunk's requests: the chunk's items fail."""
 
@@ -545,11 +541,11 @@ def output_record(item_id: str, output, elapsed_s: float) -> dict:
     if not record["text"]:
         # Nothing to replace the prompt with (only special tokens or whitespace): never an
         # empty upsampled spec; as an error result the next run of the command retries it.
-        empty = EmptyOutput(
+        message = (
             f"the model wrote no text ({record['output_tokens']} tokens, "
             f"finish reason {record['finish_reason']})"
         )
-        record.update(text=None, error={"type": "EmptyOutput", "message": str(empty)})
+        record.update(text=None, error={"type": "EmptyOutput", "message": message})
     return record
 
 
