@@ -306,6 +306,11 @@ SCHEMA: dict[str, dict[str, Field]] = {
             0.98,
             "share of GPU memory vLLM may take (NVIDIA's 0.98); lower it when the GPU is shared",
         ),
+        "stall_timeout_s": Field(
+            _as_positive_int,
+            900,
+            "seconds without progress after which a job shows as stalled (a hung engine)",
+        ),
         "min_free_disk_gib": Field(
             _as_non_negative_float,
             10.0,

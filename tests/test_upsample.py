@@ -331,3 +331,15 @@ def test_an_item_the_model_wrote_nothing_for_is_failed_not_written_and_retried(s
     assert second.exit_code == 0, second.output
     written = json.loads((workdir / "o" / "robot_lab_night.json").read_text())
     assert written["prompt"].startswith("standin upsampled: ")
+
+
+def test_stall_timeout_reaches_the_worker(setup, workdir, host):
+    setup(remote={"transport": "local"}, stall_timeout_s=5)
+    prompts = seed_specs(workdir / "prompts", names=("office_handover",))
+
+    result = upsample(prompts, "--save-dir", workdir / "o", "--json")
+
+    assert result.exit_code == 0, result.output
+    job_id = record_of(result)["job_id"]
+    batch = json.loads((host / "cosmos_workflow" / "jobs" / job_id / "batch.json").read_text())
+    assert batch["settings"]["stall_timeout_s"] == 5

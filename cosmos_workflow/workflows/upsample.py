@@ -85,6 +85,7 @@ class UpsampleMixin:
             enforce_eager=c.worker.enforce_eager,
             gpu_memory_utilization=c.worker.gpu_memory_utilization,
             chunk_size=c.worker.chunk_size,
+            stall_timeout_s=c.worker.stall_timeout_s,
             checkpoint_dir=checkpoint_dir,
         )
 
