@@ -11,6 +11,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from cosmos_workflow.cli import app
+from cosmos_workflow.config import SCHEMA
 
 from .conftest import PROMPT_SPECS
 from .engine import FAKE_VLLM, engine_env
@@ -69,14 +70,20 @@ def sshd_remote(sshd, known_hosts: Path | None = None, **extra) -> dict:
 
 
 def stand_in_worker(engine_log: Path, checkpoint_dir: Path, chunk_size=64, **controls) -> dict:
+    """[worker] settings for the stand-in engine. `controls` that are [worker] keys (e.g.
+    stall_timeout_s) are set as such; the others become FAKE_VLLM_* variables."""
+    worker_keys = {k: v for k, v in controls.items() if k in SCHEMA["worker"]}
     env = {"PYTHONPATH": str(FAKE_VLLM), "FAKE_VLLM_LOG": str(engine_log)}
-    env.update({f"FAKE_VLLM_{k.upper()}": str(v) for k, v in controls.items()})
+    env.update(
+        {f"FAKE_VLLM_{k.upper()}": str(v) for k, v in controls.items() if k not in worker_keys}
+    )
     return {
         "runner": "direct",
         "python": sys.executable,
         "checkpoint_dir": str(checkpoint_dir),
         "chunk_size": chunk_size,
         "env": env,
+        **worker_keys,
     }
 
 
