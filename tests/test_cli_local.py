@@ -135,6 +135,7 @@ def test_check_missing_input_is_one_line(workdir):
     error, hint = result.stderr.strip().splitlines()
     assert error.startswith("error: ") and "no such file or folder" in error
     assert hint.startswith("hint: ")
+    assert result.stdout == ""  # no empty table above the error
 
 
 def test_check_bad_resolution_is_one_line_error(workdir):

@@ -20,7 +20,11 @@ def size(width, height) -> str:
 
 
 def render_items(items: list[CheckItem], title: str) -> None:
-    """The per-item table shared by check and prepare (stdout), errors under it (stderr)."""
+    """The per-item table shared by check and prepare (stdout), errors under it (stderr).
+
+    No item (every input failed to load): no table, only the errors the caller prints."""
+    if not items:
+        return
     table = Table(title=title)
     for column in ("input", "source", "frames", "image", "text", "prompt", "room", "verdict"):
         table.add_column(column, justify="left" if column in ("input", "verdict") else "right")
