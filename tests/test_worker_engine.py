@@ -31,6 +31,7 @@ from cosmos_workflow.tokens import count_prompt_tokens
 from tests.engine import (
     WORKER,
     batch_settings,
+    cpu_bench_settings,
     engine_env,
     engine_vllm_version,
     is_legacy,
@@ -88,7 +89,8 @@ def engine_job(tmp_path_factory):
     ]
     job_dir = root / "jobs" / "engine-job"
     job_dir.mkdir(parents=True)
-    batch = {"version": 1, "job_id": "engine-job", "settings": SETTINGS, "items": items}
+    settings = dict(SETTINGS, **cpu_bench_settings(python))
+    batch = {"version": 1, "job_id": "engine-job", "settings": settings, "items": items}
     (job_dir / "batch.json").write_text(json.dumps(batch), encoding="utf-8")
 
     started = time.monotonic()

@@ -14,13 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine import WORKER, batch_settings, engine_env, require_engine_python, tiny_model_dir
+from tests.engine import (
+    WORKER,
+    batch_settings,
+    cpu_bench_settings,
+    engine_env,
+    require_engine_python,
+    tiny_model_dir,
+)
 from tests.test_worker_engine import make_testsrc_frames
 
 pytestmark = pytest.mark.engine
 
 
-def lay_out(base: Path, items: list, **settings) -> tuple[Path, Path]:
+def lay_out(base: Path, python: str, items: list, **settings) -> tuple[Path, Path]:
     """A worker root with frames for `items` (each gets the same two 320×180 frames)."""
     root = base / "cosmos_workflow"
     (root / "cache").mkdir(parents=True)
@@ -31,7 +38,7 @@ def lay_out(base: Path, items: list, **settings) -> tuple[Path, Path]:
     batch = {
         "version": 1,
         "job_id": "job",
-        "settings": batch_settings(enforce_eager=True, **settings),
+        "settings": batch_settings(enforce_eager=True, **settings, **cpu_bench_settings(python)),
         "items": [dict(item, frames=frames) for item in items],
     }
     (job_dir / "batch.json").write_text(json.dumps(batch), encoding="utf-8")
@@ -50,7 +57,7 @@ def test_sigkill_mid_batch_then_rerun_runs_every_item_exactly_once(tmp_path):
     python = require_engine_python()
     model = tiny_model_dir(python)
     items = [{"id": f"item{n}", "prompt": f"A robot arm, take {n}."} for n in range(6)]
-    root, job_dir = lay_out(tmp_path, items, chunk_size=1)
+    root, job_dir = lay_out(tmp_path, python, items, chunk_size=1)
     env = engine_env(tmp_path / "work")
     cmd = [python, str(root / "worker.py"), "run", str(job_dir), "--model", str(model)]
 
@@ -93,7 +100,7 @@ def test_engine_that_cannot_load_its_weights_names_the_reason_in_one_line(tmp_pa
     # the configuration checks pass; the engine process fails while loading the weights.
     assert data.count(b'"norm.weight"') == 1
     weights.write_bytes(data.replace(b'"norm.weight"', b'"nurm.weight"'))
-    root, job_dir = lay_out(tmp_path, [{"id": "a", "prompt": "x"}])
+    root, job_dir = lay_out(tmp_path, python, [{"id": "a", "prompt": "x"}])
     env = engine_env(tmp_path / "work")
     # vLLM's default: the engine in its own process, whose traceback goes to the job's output
     # and whose client raises only "Engine core initialization failed. See root cause above".

@@ -14,7 +14,7 @@ from cosmos_workflow.cli import app
 from cosmos_workflow.config import SCHEMA
 
 from .conftest import PROMPT_SPECS
-from .engine import FAKE_VLLM, engine_env
+from .engine import FAKE_VLLM, cpu_bench_settings, engine_env
 
 CHECKPOINT = "nvidia/Cosmos-UpsamplePrompt1-12B-Transfer"
 
@@ -99,6 +99,7 @@ def real_worker(python: str, checkpoint_dir: Path, work_dir: Path) -> dict:
         # torch.compile would add about a minute of start-up on 2 cores.
         "enforce_eager": True,
         "env": env,
+        **cpu_bench_settings(python),
     }
 
 
