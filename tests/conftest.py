@@ -27,3 +27,20 @@ def workdir(tmp_path, monkeypatch):
     work.mkdir()
     monkeypatch.chdir(work)
     return work
+
+
+@pytest.fixture
+def host(tmp_path):
+    """The "GPU host" side: a cosmos-transfer1 checkout folder on this machine."""
+    remote_dir = tmp_path / "host" / "cosmos-transfer1"
+    remote_dir.mkdir(parents=True)
+    return remote_dir
+
+
+@pytest.fixture
+def setup(workdir, host, sshd, tmp_path):
+    """./config.toml for the sshd host with the stand-in engine; call it to change settings
+    (`setup(remote=…, chunk_size=…, <FAKE_VLLM control>=…)`)."""
+    from .upsample_env import sshd_remote, stand_in_setup
+
+    return stand_in_setup(workdir, host, tmp_path / "engine.jsonl", lambda: sshd_remote(sshd))

@@ -27,14 +27,12 @@ from cosmos_workflow.cli import app
 
 from .engine import require_engine_python, tiny_model_dir
 from .upsample_env import (
-    host_dir,
     many_specs,
     real_checkpoint,
     real_worker,
     seed_specs,
     sshd_remote,
     stand_in_checkpoint,
-    stand_in_setup,
     stand_in_worker,
     write_config,
 )
@@ -109,17 +107,6 @@ def table_rows(text: str) -> dict[str, list[str]]:
 
 def lines_with(text: str, *words: str) -> list[str]:
     return [line for line in text.splitlines() if all(w in line for w in words)]
-
-
-@pytest.fixture
-def host(tmp_path):
-    return host_dir(tmp_path)
-
-
-@pytest.fixture
-def setup(workdir, host, sshd, tmp_path):
-    """./config.toml pointing at the sshd host with the stand-in engine; call to change it."""
-    return stand_in_setup(workdir, host, tmp_path / "engine.jsonl", lambda: sshd_remote(sshd))
 
 
 def finished_job(setup, workdir) -> tuple[str, Path]:

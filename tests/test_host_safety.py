@@ -28,7 +28,6 @@ from .engine import missing_in_ci
 from .test_transfer import make_frames, sha256_of
 from .upsample_env import (
     engine_events,
-    host_dir,
     many_specs,
     seed_specs,
     sshd_remote,
@@ -37,11 +36,6 @@ from .upsample_env import (
 )
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def host(tmp_path):
-    return host_dir(tmp_path)
 
 
 @pytest.fixture(params=["ssh", "local"])

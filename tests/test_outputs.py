@@ -19,7 +19,6 @@ from .conftest import ASSETS
 from .upsample_env import (
     digest_tree,
     engine_events,
-    host_dir,
     record_of,
     seed_specs,
     stand_in_setup,
@@ -30,9 +29,8 @@ CLIP = ASSETS / "example1_input_video.mp4"
 
 
 @pytest.fixture
-def local(workdir, tmp_path):
+def local(workdir, host, tmp_path):
     """config.toml for the local transport with the stand-in engine; call it to change controls."""
-    host = host_dir(tmp_path)
     return stand_in_setup(workdir, host, tmp_path / "engine.jsonl", lambda: {"transport": "local"})
 
 

@@ -9,7 +9,6 @@ import json
 import uuid
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from cosmos_workflow.cli import app
@@ -18,27 +17,14 @@ from .conftest import ASSETS, PROMPT_SPECS
 from .upsample_env import (
     digest_tree,
     engine_events,
-    host_dir,
     record_of,
     seed_specs,
     sshd_remote,
-    stand_in_setup,
     upsample,
     write_config,
 )
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def host(tmp_path):
-    return host_dir(tmp_path)
-
-
-@pytest.fixture
-def setup(workdir, host, sshd, tmp_path):
-    """A workdir config.toml pointing at the sshd host with the stand-in engine."""
-    return stand_in_setup(workdir, host, tmp_path / "engine.jsonl", lambda: sshd_remote(sshd))
 
 
 def test_directory_of_specs_is_one_job_with_lineage(setup, workdir, host):

@@ -139,13 +139,6 @@ def many_specs(folder: Path, count: int) -> Path:
     return folder
 
 
-def host_dir(tmp_path: Path) -> Path:
-    """The "GPU host" side: a cosmos-transfer1 checkout folder on this machine."""
-    remote_dir = tmp_path / "host" / "cosmos-transfer1"
-    remote_dir.mkdir(parents=True, exist_ok=True)
-    return remote_dir
-
-
 def stand_in_setup(workdir: Path, host: Path, engine_log: Path, default_remote):
     """`configure(remote=None, remote_dir=None, **worker_controls)`: writes ./config.toml for
     the host (reached through `default_remote()`, or `remote`) with the stand-in engine, and is
