@@ -11,6 +11,7 @@ import os
 import tarfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -97,6 +98,28 @@ def test_small_file_operations(connection, tmp_path):
     assert connection.listdir(folder) == []
 
 
+def cut_mid_transfer(sshd, conn, transfer, folder: Path) -> list[SSHError]:
+    """Run `transfer` in a thread, cut the SSH session once bytes flow into a file in `folder`,
+    and return the SSHErrors it raised."""
+    conn.connect()
+    errors: list[SSHError] = []
+
+    def run():
+        try:
+            transfer()
+        except SSHError as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(p.stat().st_size > 0 for p in folder.iterdir()):
+        time.sleep(0.01)
+    assert sshd.kill_sessions() >= 1
+    thread.join(10)
+    return errors
+
+
 @pytest.mark.parametrize("path", ["relative/file", "~/cosmos/file", ""])
 def test_relative_remote_paths_are_refused(connection, tmp_path, path):
     local = tmp_path / "f"
@@ -119,26 +142,8 @@ def test_interrupted_upload_never_appears_under_its_final_name(sshd, tmp_path):
     folder = tmp_path / "host"
     folder.mkdir()
     target = folder / "big.bin"
-    errors = []
     with Connection(sshd.settings()) as conn:
-        conn.connect()
-
-        def upload():
-            try:
-                conn.put(local, str(target))
-            except SSHError as e:
-                errors.append(e)
-
-        thread = threading.Thread(target=upload)
-        thread.start()
-        deadline = time.monotonic() + 10
-        # Wait until bytes are flowing into the temporary file, then cut the connection.
-        while time.monotonic() < deadline and not any(
-            p.stat().st_size > 0 for p in folder.iterdir()
-        ):
-            time.sleep(0.01)
-        assert sshd.kill_sessions() >= 1
-        thread.join(10)
+        errors = cut_mid_transfer(sshd, conn, lambda: conn.put(local, str(target)), folder)
     assert errors and errors[0].code == "connection_lost"
     assert not target.exists()
 
@@ -152,26 +157,8 @@ def test_interrupted_download_leaves_no_partial_file_and_a_retry_gets_it_whole(s
     folder = tmp_path / "local"
     folder.mkdir()
     local = folder / "big.bin"
-    errors = []
     with Connection(sshd.settings()) as conn:
-        conn.connect()
-
-        def download():
-            try:
-                conn.get(str(remote), local)
-            except SSHError as e:
-                errors.append(e)
-
-        thread = threading.Thread(target=download)
-        thread.start()
-        deadline = time.monotonic() + 10
-        # Wait until bytes are flowing into the temporary file, then cut the connection.
-        while time.monotonic() < deadline and not any(
-            p.stat().st_size > 0 for p in folder.iterdir()
-        ):
-            time.sleep(0.01)
-        assert sshd.kill_sessions() >= 1
-        thread.join(10)
+        errors = cut_mid_transfer(sshd, conn, lambda: conn.get(str(remote), local), folder)
         assert errors and errors[0].code == "connection_lost"
         assert list(folder.iterdir()) == []  # no partial file, under any name
 
