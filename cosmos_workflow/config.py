@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .tokens import parse_size
+from .sizing import parse_size
 
 if sys.version_info >= (3, 11):
     import tomllib

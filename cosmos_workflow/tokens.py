@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -34,11 +33,6 @@ DEFAULT_PROMPT = "describe the following images"
 
 # Pixtral-12B-2409's tokenizer; NVIDIA's checkpoint ships the same file as `tekken.json`.
 TOKENIZER_FILE = "tekken_240911.json"
-
-_DECIMAL = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
-_RATIO_RE = re.compile(rf"^\s*({_DECIMAL})\s*[:/]\s*({_DECIMAL})\s*$")
-_SIZE_RE = re.compile(r"^\s*([0-9]+)\s*[x×X]\s*([0-9]+)\s*$")
-_NUMBER_RE = re.compile(rf"^\s*({_DECIMAL})\s*$")
 
 
 class Verdict(str, Enum):
@@ -202,71 +196,3 @@ def verdict(prompt_tokens: int, max_model_len: int, output_tokens: int) -> Verdi
     if prompt_tokens < max_model_len:
         return Verdict.OUTPUT_CUT
     return Verdict.TOO_LONG
-
-
-def even(x: float) -> int:
-    """`x` rounded to the nearest even number, at least 2 (frame sides the solver proposes)."""
-    return max(2, 2 * round(x / 2))
-
-
-def largest_fitting_size(
-    aspect: float,
-    frames: int,
-    text_tokens: int,
-    max_model_len: int,
-    output_tokens: int,
-    *,
-    max_width: int | None = None,
-    max_height: int | None = None,
-) -> tuple[int, int] | None:
-    """The largest even (width, height) of this aspect whose prompt `fits`, or None.
-
-    Heights are tried in steps of 2 from the top down; the width is `height × aspect` rounded
-    to an even number (at least 2). A size is a candidate only if neither side exceeds the
-    model's max image size (1024: larger frames are scaled down and cost the same tokens) nor
-    `max_width` / `max_height` (pass the source size: frames are never upscaled). `text_tokens`
-    is `text_tokens(prompt)`. None if no candidate fits — or there is none, e.g. an aspect so
-    wide that even a 2 px tall frame is wider than the max image size.
-    """
-    if not math.isfinite(aspect) or aspect <= 0:
-        raise ValueError(f"aspect ratio must be a positive number, got {aspect}")
-    if frames < 1:
-        raise ValueError(f"frames must be at least 1, got {frames}")
-    if text_tokens < 0:
-        raise ValueError(f"text tokens cannot be negative, got {text_tokens}")
-    verdict(0, max_model_len, output_tokens)  # validates the budget
-    width_cap = max_image_size() if max_width is None else min(max_width, max_image_size())
-    height_cap = max_image_size() if max_height is None else min(max_height, max_image_size())
-    # Scanning every height (at most 512) finds the largest that fits without assuming that
-    # tokens grow with height; each step is a few integer operations.
-    for height in range(height_cap - height_cap % 2, 1, -2):
-        width = even(height * aspect)
-        if width > width_cap:
-            continue
-        prompt = frames * image_tokens_per_frame(width, height) + text_tokens
-        if verdict(prompt, max_model_len, output_tokens) is Verdict.FITS:
-            return width, height
-    return None
-
-
-def parse_aspect(text: str) -> float:
-    """Aspect ratio (width / height) from "16:9", "16/9", "1.777" or "1280x720".
-
-    Raises ValueError for anything else, or for a zero or non-finite ratio.
-    """
-    match = _RATIO_RE.match(text) or _SIZE_RE.match(text)
-    if match:
-        numerator, denominator = float(match.group(1)), float(match.group(2))
-        if numerator > 0 and denominator > 0:
-            return numerator / denominator
-    elif (match := _NUMBER_RE.match(text)) and float(match.group(1)) > 0:
-        return float(match.group(1))
-    raise ValueError(f'aspect ratio {text!r} is not understood (use "16:9", "1.78" or "1280x720")')
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """(width, height) from "320x180" (also "320×180", "320 X 180"); ValueError otherwise."""
-    match = _SIZE_RE.match(text)
-    if match and int(match.group(1)) >= 1 and int(match.group(2)) >= 1:
-        return int(match.group(1)), int(match.group(2))
-    raise ValueError(f'frame size {text!r} is not understood (use a size like "320x180")')

@@ -24,14 +24,12 @@ from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 from PIL import Image
 
 from cosmos_workflow import tokens
+from cosmos_workflow.sizing import largest_fitting_size, parse_aspect, parse_size
 from cosmos_workflow.tokens import (
     DEFAULT_PROMPT,
     Verdict,
     count_prompt_tokens,
     image_tokens_per_frame,
-    largest_fitting_size,
-    parse_aspect,
-    parse_size,
     text_tokens,
     verdict,
 )
@@ -251,10 +249,10 @@ def test_counting_needs_neither_opencv_nor_an_eager_tokenizer_load():
         """
         import sys
         sys.modules["cv2"] = None  # any `import cv2` now fails, as without OpenCV installed
-        from cosmos_workflow import tokens
+        from cosmos_workflow import sizing, tokens
         assert "mistral_common.tokens.tokenizers.mistral" not in sys.modules, "loaded eagerly"
         print(tokens.count_prompt_tokens(1280, 720, 2, "").prompt_tokens)
-        print(tokens.largest_fitting_size(16 / 9, 2, tokens.text_tokens(""), 4096, 300))
+        print(sizing.largest_fitting_size(16 / 9, 2, tokens.text_tokens(""), 4096, 300))
         """
     )
     done = subprocess.run(

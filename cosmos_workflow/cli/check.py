@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..workflows.resolution import CheckItem, Resolution
+from ..sizing import Resolution
+from ..workflows.resolution import CheckItem
 from .common import orchestrator
 from .output import handle_errors, out, print_error_line, print_json, styled
 

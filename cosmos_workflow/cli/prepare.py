@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..workflows.resolution import Resolution
+from ..sizing import Resolution
 from .check import render_items
 from .common import orchestrator
 from .output import err, handle_errors, print_json

@@ -12,88 +12,8 @@ from pathlib import Path
 
 from .. import media, tokens
 from ..errors import CosmosError, MediaError, SpecError
+from ..sizing import Budget, Resolution, choose_size, largest_fitting_size, parse_aspect
 from ..specs import PromptSpec, load_spec, load_specs, safe_file_stem, spec_for_video
-
-
-@dataclass(frozen=True)
-class Resolution:
-    """How to choose the frame size the model gets.
-
-    - `source`: the clip as it is (the model's own processor still caps the long side at 1024);
-    - `auto`: the largest size that fits prompt + output in `max_model_len`, never upscaled;
-    - a box `WxH`: scaled to fit inside W×H keeping the clip's aspect ratio, even dimensions;
-    - a height `480`: like `auto` but at most that many pixels tall.
-    """
-
-    kind: str  # "source" | "auto" | "box" | "height"
-    width: int = 0
-    height: int = 0
-
-    @classmethod
-    def parse(cls, text: str) -> Resolution:
-        value = text.strip().lower()
-        if value in ("source", "auto"):
-            return cls(value)
-        try:
-            height = int(value) if value.isdigit() else 0
-        except ValueError:  # "²" is a digit int() refuses; so is a number over 4300 digits
-            height = 0
-        if height >= 2:
-            return cls("height", height=height)
-        try:
-            width, height = tokens.parse_size(value)
-        except ValueError:
-            width = height = 0
-        if width >= 2 and height >= 2:
-            return cls("box", width, height)
-        raise SpecError(
-            f"resolution {text!r} is not understood",
-            'use "source", "auto", a height like "480", or a size like "320x180"',
-            code="bad_resolution",
-        )
-
-    def __str__(self) -> str:
-        if self.kind == "box":
-            return f"{self.width}x{self.height}"
-        if self.kind == "height":
-            return str(self.height)
-        return self.kind
-
-
-@dataclass(frozen=True)
-class Budget:
-    """The token budget of one run: context size, room for output, frames per item."""
-
-    max_model_len: int
-    output_tokens: int
-    frames: int
-
-
-def fit_in_box(width: int, height: int, box_width: int, box_height: int) -> tuple[int, int]:
-    """Largest even size with the clip's aspect ratio inside the box (never upscaled)."""
-    scale = min(box_width / width, box_height / height, 1.0)
-    return tokens.even(width * scale), tokens.even(height * scale)
-
-
-def choose_size(
-    source: tuple[int, int], text_tokens: int, resolution: Resolution, budget: Budget
-) -> tuple[int, int] | None:
-    """The frame size to give the model for a clip of `source` size (None: nothing fits)."""
-    width, height = source
-    if resolution.kind == "source":
-        return width, height
-    if resolution.kind == "box":
-        return fit_in_box(width, height, resolution.width, resolution.height)
-    max_height = height if resolution.kind == "auto" else min(height, resolution.height)
-    return tokens.largest_fitting_size(
-        width / height,
-        budget.frames,
-        text_tokens,
-        budget.max_model_len,
-        budget.output_tokens,
-        max_width=width,
-        max_height=max_height,
-    )
 
 
 @dataclass
@@ -231,7 +151,7 @@ class ResolutionMixin:
         return Budget(
             max_model_len=max_model_len or up.max_tokens,
             output_tokens=up.output_tokens if output_tokens is None else output_tokens,
-            frames=frames or up.frames_to_extract,
+            frame_count=frames or up.frames_to_extract,
         )
 
     def check_specs(
@@ -242,7 +162,7 @@ class ResolutionMixin:
             CheckItem(
                 input=str(spec.path or spec.video),
                 name=spec.name,
-                frames=budget.frames,
+                frames=budget.frame_count,
                 max_model_len=budget.max_model_len,
                 output_tokens=budget.output_tokens,
                 spec=spec,
@@ -256,7 +176,7 @@ class ResolutionMixin:
         probes = media.probe_many(
             [item.spec.video for item in to_probe],
             ffprobe=self.ffprobe,
-            min_frames=budget.frames,
+            min_frames=budget.frame_count,
         )
         for item, probed in zip(to_probe, probes, strict=True):
             if isinstance(probed, CosmosError):
@@ -275,7 +195,7 @@ class ResolutionMixin:
         size = choose_size((info.width, info.height), text_tokens, resolution, budget)
         if size is None:
             size = (info.width, info.height)
-        count = tokens.count_prompt_tokens(size[0], size[1], budget.frames, item.spec.prompt)
+        count = tokens.count_prompt_tokens(size[0], size[1], budget.frame_count, item.spec.prompt)
         item.frame_width, item.frame_height = count.frame_width, count.frame_height
         item.image_tokens = count.image_tokens
         item.text_tokens = count.text_tokens
@@ -294,12 +214,13 @@ class ResolutionMixin:
         inputs: list[Path],
         *,
         prompt: str | None = None,
-        resolution: Resolution = Resolution("source"),
+        resolution: Resolution | str = "source",
         budget: Budget | None = None,
         recursive: bool = False,
     ) -> CheckReport:
         """Exact token check of every input: fits, output_cut or too_long."""
         budget = budget or self.budget()
+        resolution = Resolution.parse(resolution) if isinstance(resolution, str) else resolution
         specs, errors = self.load_inputs(inputs, prompt=prompt, recursive=recursive)
         return CheckReport(self.check_specs(specs, resolution, budget), errors)
 
@@ -322,10 +243,8 @@ class ResolutionMixin:
         rows = []
         for max_model_len in max_model_lens:
             for aspect_text in aspects:
-                aspect = tokens.parse_aspect(aspect_text)
-                size = tokens.largest_fitting_size(
-                    aspect, frames, text, max_model_len, output_tokens
-                )
+                aspect = parse_aspect(aspect_text)
+                size = largest_fitting_size(aspect, frames, text, max_model_len, output_tokens)
                 row = {
                     "max_model_len": max_model_len,
                     "aspect": aspect_text,
@@ -353,7 +272,7 @@ class ResolutionMixin:
         inputs: list[Path],
         *,
         out_dir: Path,
-        resolution: Resolution = Resolution("auto"),
+        resolution: Resolution | str = "auto",
         budget: Budget | None = None,
         preview: bool = False,
         recursive: bool = False,
@@ -391,7 +310,9 @@ class ResolutionMixin:
         return report
 
     def _prepare_item(self, item, cache, item_dir: Path, budget: Budget, preview: bool) -> None:
-        prepared = cache.frames(item.spec.video, item.frame_width, item.frame_height, budget.frames)
+        prepared = cache.frames(
+            item.spec.video, item.frame_width, item.frame_height, budget.frame_count
+        )
         item_dir.mkdir(parents=True, exist_ok=True)
         written = []
         for index, src in enumerate(prepared.paths):
@@ -403,11 +324,11 @@ class ResolutionMixin:
             item_dir / "hint.mp4",
             item.frame_width,
             item.frame_height,
-            budget.frames,
+            budget.frame_count,
             ffmpeg=self.ffmpeg,
         )
         if preview:
-            per_frame = item.image_tokens // max(1, budget.frames)
+            per_frame = item.image_tokens // max(1, budget.frame_count)
             label = f"{item.frame_width}×{item.frame_height} · {per_frame} tokens"
             media.contact_sheet(written, [label] * len(written), item_dir / "preview.png")
 

@@ -19,6 +19,7 @@ from ..fsutil import atomic_write_json
 from ..remote import jobctl
 from ..remote import runner as runners
 from ..remote.transfer import upload_to_cache
+from ..sizing import Budget, Resolution
 from ..specs import output_names
 from .follow import follow_worker, reconnecting
 from .jobs import (
@@ -30,7 +31,7 @@ from .jobs import (
     parse_results,
 )
 from .outputs import plan_outputs, write_outputs
-from .resolution import Budget, CheckItem, Resolution, check_writable_dir
+from .resolution import CheckItem, check_writable_dir
 
 WORKER_FILE = Path(__file__).resolve().parent.parent / "remote" / "worker.py"
 MODEL_NAME = "nvidia/Cosmos-UpsamplePrompt1-12B-Transfer"
@@ -78,7 +79,7 @@ class UpsampleMixin:
         return EngineSettings(
             max_model_len=budget.max_model_len,
             max_tokens=budget.output_tokens,
-            frames=budget.frames,
+            frames=budget.frame_count,
             temperature=c.worker.temperature,
             max_num_seqs=c.worker.max_num_seqs,
             tensor_parallel_size=num_gpu or c.worker.num_gpu,
@@ -206,7 +207,7 @@ class UpsampleMixin:
         items = []
         for check, name in zip(checked, names, strict=True):
             item = PlannedItem(id=Path(name).stem, spec=check.spec, output_name=name)
-            item.frames = budget.frames
+            item.frames = budget.frame_count
             item.frame_width, item.frame_height = check.frame_width, check.frame_height
             item.prompt_tokens_local = check.prompt_tokens
             if check.spec.is_upsampled and not force:
@@ -237,7 +238,7 @@ class UpsampleMixin:
 
         def extract(key):
             try:
-                return cache.frames(key[0], key[1], key[2], budget.frames)
+                return cache.frames(key[0], key[1], key[2], budget.frame_count)
             except MediaError as exc:
                 return exc
 
