@@ -172,9 +172,9 @@ def batch_settings(**overrides) -> dict:
     by `overrides`: the worker tests use the CLI's side of the contract, not a copy of it."""
     from dataclasses import asdict
 
-    from cosmos_workflow.workflows.jobs import EngineSettings
+    from cosmos_workflow.remote.protocol import EngineSettings
 
-    settings = asdict(EngineSettings(max_model_len=4096, max_tokens=300, frames=2))
+    settings = asdict(EngineSettings())
     unknown = set(overrides) - set(settings)
     if unknown:
         raise KeyError(f"not batch settings: {sorted(unknown)}")

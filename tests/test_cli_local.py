@@ -64,7 +64,7 @@ def test_check_real_640x480_spec_fits_with_exact_counts(workdir):
                 "input": str(OFFICE),
                 "frame_width": 640,
                 "frame_height": 480,
-                "frames": 2,
+                "frame_count": 2,
                 "image_tokens": 2 * 30 * 41,
                 "text_tokens": 17,
                 "prompt_tokens": 2460 + 17,
@@ -114,7 +114,7 @@ def test_check_bare_video_with_prompt(workdir):
     result = invoke("check", video, "--prompt", "", "--frames", "1", "--json")
     assert result.exit_code == 0
     (item,) = data(result)["items"]
-    assert item["frames"] == 1
+    assert item["frame_count"] == 1
     # NVIDIA's default prompt "describe the following images": 4 tokens + BOS/[INST]/[/INST].
     assert item["text_tokens"] == 7
     assert item["prompt_tokens"] == 1230 + 7
@@ -162,7 +162,8 @@ def test_limits_table_is_exact(workdir):
             {
                 "max_model_len": 4096,
                 "aspect": "16:9",
-                "frames": 2,
+                "frame_count": 2,
+                "output_tokens": 300,
                 "width": 910,
                 "height": 512,
                 "prompt_tokens": 3719,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from cosmos_workflow.remote.protocol import parse_results
 from cosmos_workflow.specs import load_specs
-from cosmos_workflow.workflows.jobs import parse_results
 
 from .conftest import ASSETS
 from .upsample_env import (

@@ -132,12 +132,12 @@ def test_docker_mounts_checkpoints_outside_the_checkout_read_only():
 
 def test_worker_gets_the_checkpoint_path_as_the_container_sees_it(workdir):
     from cosmos_workflow.config import load_config
-    from cosmos_workflow.workflows import WorkflowOrchestrator
+    from cosmos_workflow.sizing import Budget
+    from cosmos_workflow.workflows.gpuhost import GpuHost
 
     def checkpoint_dir(**overrides):
         config = load_config(overrides={"paths.remote_dir": "/data/ct1", **overrides})
-        orchestrator = WorkflowOrchestrator(config)
-        return orchestrator.engine_settings(orchestrator.budget()).checkpoint_dir
+        return GpuHost(config).engine_settings(Budget(4096, 300, 2)).checkpoint_dir
 
     assert checkpoint_dir() == "/workspace/checkpoints"  # docker, default <remote_dir>/checkpoints
     assert checkpoint_dir(**{"worker.checkpoint_dir": "/mnt/ck"}) == "/checkpoints"

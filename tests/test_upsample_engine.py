@@ -113,7 +113,7 @@ def test_batch_upsamples_every_fitting_item_with_the_real_engine(engine_run):
     for name in ok:
         item = items[name]
         assert item["upsampled_prompt"]  # gibberish from a random model, but text
-        assert item["output_tokens"] > 0
+        assert item["generated_tokens"] > 0
         assert item["finish_reason"] in ("length", "stop")
         assert Path(engine_run["work"], item["output"]).is_file()
 
@@ -161,4 +161,4 @@ def test_run_record_has_lineage(engine_run):
     assert record["ops"]["exec"] + record["ops"]["sftp"] <= 10
     office = next(i for i in record["items"] if i["name"] == "office_handover")
     assert office["original_prompt"].startswith("Robot arms hand a coffee cup")
-    assert office["frame_width"] == 640 and office["frames"] == 2
+    assert office["frame_width"] == 640 and office["frame_count"] == 2

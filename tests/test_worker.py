@@ -28,7 +28,7 @@ from tests.isolation import REAL_HOME
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
 CHECKPOINT = "nvidia/Cosmos-UpsamplePrompt1-12B-Transfer"
-RESULT_KEYS = {"id", "text", "prompt_tokens", "output_tokens", "finish_reason", "error"}
+RESULT_KEYS = {"id", "text", "prompt_tokens", "generated_tokens", "finish_reason", "error"}
 RESULT_KEYS |= {"elapsed_s"}
 STATUS_KEYS = {"job_id", "state", "total", "done", "failed", "pending", "pid", "heartbeat"}
 STATUS_KEYS |= {"started_at", "finished_at", "error", "vllm_version", "python", "stalled_since"}
@@ -60,7 +60,7 @@ class Remote:
         job_dir = self.root / "jobs" / job_id
         job_dir.mkdir()
         full = batch_settings(**{"model": str(self.model), **settings})
-        batch = {"version": 1, "job_id": job_id, "settings": full, "items": items}
+        batch = {"version": 2, "job_id": job_id, "settings": full, "items": items}
         (job_dir / "batch.json").write_text(json.dumps(batch), encoding="utf-8")
         return job_dir
 
@@ -129,7 +129,7 @@ def test_job_writes_a_result_line_per_item_status_log_and_progress(remote):
         assert row["error"] is None
         assert row["text"] == f"standin upsampled: prompt {n}"
         assert row["prompt_tokens"] == 3 + 3 + 2 * 12 * 21  # chat frame + text + 2 × 320×180
-        assert row["output_tokens"] == 4
+        assert row["generated_tokens"] == 4
         assert row["finish_reason"] == "stop"
         assert row["elapsed_s"] >= 0
     st = status(job_dir)
@@ -157,7 +157,7 @@ def test_job_writes_a_result_line_per_item_status_log_and_progress(remote):
 def test_engine_gets_nvidia_settings_and_one_chat_call_per_chunk(remote):
     frames = [remote.frame(320, 180)] * 2
     items = [{"id": f"i{n}", "prompt": f"p{n}", "frames": frames} for n in range(5)]
-    job_dir = remote.job(items, chunk_size=2, seed=7, max_tokens=2)
+    job_dir = remote.job(items, chunk_size=2, seed=7, output_tokens=2)
 
     assert remote.run("run", str(job_dir)).returncode == 0
 
@@ -179,7 +179,7 @@ def test_engine_gets_nvidia_settings_and_one_chat_call_per_chunk(remote):
     }
     calls = [e["call"] for e in generated]
     assert calls == [1, 1, 2, 2, 3]
-    assert [r["output_tokens"] for r in results(job_dir)] == [2] * 5
+    assert [r["generated_tokens"] for r in results(job_dir)] == [2] * 5
     assert {r["finish_reason"] for r in results(job_dir)} == {"length"}
 
 
@@ -309,7 +309,7 @@ def test_rerun_skips_finished_items_and_drops_a_partial_last_line(remote):
     frames = [remote.frame(320, 180)] * 2
     items = [{"id": i, "prompt": f"prompt {i}", "frames": frames} for i in ("a", "b", "c")]
     job_dir = remote.job(items)
-    earlier = {"id": "a", "text": "from before", "prompt_tokens": 1, "output_tokens": 1}
+    earlier = {"id": "a", "text": "from before", "prompt_tokens": 1, "generated_tokens": 1}
     earlier.update(finish_reason="stop", error=None, elapsed_s=1.0)
     partial = '{"id": "b", "text": "cut off mid-wri'
     (job_dir / "results.jsonl").write_text(json.dumps(earlier) + "\n" + partial, encoding="utf-8")
@@ -400,10 +400,18 @@ def test_dead_engine_fails_the_job_without_marking_pending_items_failed(remote):
     "batch_text, message",
     [
         ("{not json", "not readable JSON"),
-        (json.dumps({"version": 2, "items": []}), "version 2"),
+        (json.dumps({"version": 3, "items": []}), "version 3"),
         (json.dumps({"version": 1, "items": [{"id": "a"}, {"id": "a"}]}), "appears twice"),
         (json.dumps({"version": 1, "items": [{"prompt": "no id"}]}), "needs a non-empty"),
-        (json.dumps({"version": 1, "settings": {"frames": 0}, "items": []}), "settings.frames"),
+        (
+            json.dumps({"version": 2, "settings": {"frame_count": 0}, "items": []}),
+            "settings.frame_count",
+        ),
+        # A version 1 batch names it "frames": read as frame_count.
+        (
+            json.dumps({"version": 1, "settings": {"frames": 0}, "items": []}),
+            "settings.frame_count",
+        ),
     ],
 )
 def test_bad_batch_exits_2_with_failed_status(remote, batch_text, message):

@@ -136,9 +136,9 @@ def test_generation_stops_at_max_tokens_or_a_stop_token(engine_job, item_id):
     result = engine_job["results"][item_id]
     assert result["finish_reason"] in ("length", "stop")
     if result["finish_reason"] == "length":
-        assert result["output_tokens"] == SETTINGS["max_tokens"]
+        assert result["generated_tokens"] == SETTINGS["output_tokens"]
     else:
-        assert 0 < result["output_tokens"] < SETTINGS["max_tokens"]
+        assert 0 < result["generated_tokens"] < SETTINGS["output_tokens"]
     assert isinstance(result["text"], str)
 
 

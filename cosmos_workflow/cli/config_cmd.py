@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from ..config import load_config
-from .output import handle_errors, out, print_json
+from .output import handle_errors, print_json
+from .render import render_config
 
 app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
 
@@ -29,9 +29,4 @@ def show(
     if json_output:
         print_json({"files": list(config.files), "keys": rows})
         return
-    table = Table("key", title="effective configuration")
-    for column in ("value", "source"):  # paths whole, never cut to "…"
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(f"{row['section']}.{row['key']}", repr(row["value"]), row["source"])
-    out.print(table)
+    render_config(rows)

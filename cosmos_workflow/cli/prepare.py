@@ -7,18 +7,15 @@ from typing import Annotated
 
 import typer
 
-from ..sizing import Resolution
-from .check import render_items
-from .common import orchestrator
-from .output import err, handle_errors, print_json
+from .common import FrameCount, Inputs, JsonOutput, Recursive, orchestrator
+from .output import handle_errors, print_json
+from .render import render_check_report, render_prepared_item
 
 
 @handle_errors
 def prepare(
     ctx: typer.Context,
-    inputs: Annotated[
-        list[Path], typer.Argument(help="Spec .json files, folders of specs, or videos.")
-    ],
+    inputs: Inputs = None,
     resolution: Annotated[
         str, typer.Option(help='"auto" (largest that fits), "source", a height, or WxH.')
     ] = "auto",
@@ -28,12 +25,10 @@ def prepare(
     preview: Annotated[
         bool, typer.Option("--preview", help="Also write a labelled contact sheet.")
     ] = False,
-    frames: Annotated[int | None, typer.Option(min=1, help="Frames per item.")] = None,
+    frame_count: FrameCount = None,
     prompt: Annotated[str | None, typer.Option(help="Prompt to count.")] = None,
-    recursive: Annotated[
-        bool, typer.Option("--recursive", help="Descend into sub-folders.")
-    ] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    recursive: Recursive = False,
+    json_output: JsonOutput = False,
 ) -> None:
     """Write each item's model frames (PNG) and hint video (H.264) at the chosen size.
 
@@ -41,24 +36,18 @@ def prepare(
 
     Layout: OUT/<name>/frame_000.png …, OUT/<name>/hint.mp4, OUT/<name>/preview.png.
     """
-    orch = orchestrator(ctx, {"upsampling.frames_to_extract": frames})
-    target = Path(out_dir or orch.config.upsampling.hint_video_dir)
-
-    def on_item(item) -> None:
-        if not json_output and item.error is None:
-            err.print(f"prepared {item.name} → {target / item.name}")
-
-    report = orch.prepare(
+    report = orchestrator(ctx).prepare(
         inputs,
-        out_dir=target,
-        resolution=Resolution.parse(resolution),
+        out_dir=out_dir,
+        resolution=resolution,
         preview=preview,
-        recursive=recursive,
+        frame_count=frame_count,
         prompt=prompt,
-        on_item=on_item,
+        recursive=recursive,
+        on_item=None if json_output else render_prepared_item,
     )
     if json_output:
-        print_json({"out_dir": str(target), **report.to_dict()})
+        print_json(report.to_dict())
     else:
-        render_items(report.items, f"prepared into {target}")
+        render_check_report(report, f"prepared into {report.out_dir}")
     raise typer.Exit(report.exit_code)

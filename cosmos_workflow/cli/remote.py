@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from ..errors import CosmosError
-from .common import orchestrator
-from .output import err, handle_errors, local_time, out, print_error_line, print_json
+from .common import FrameCount, MaxModelLen, OutputTokens, Recursive, orchestrator
+from .output import err, handle_errors, print_json
+from .render import print_log_line, render_check, render_jobs, report
 
 app = typer.Typer(help="Work with the GPU host: readiness, host keys, jobs.", no_args_is_help=True)
 
@@ -30,69 +30,12 @@ def check(
     Exit codes: 0 ready (warnings such as low disk included); 1 something is missing (listed);
     4 SSH failure; 5 the check could not run (e.g. sudo asks for a password).
     """
-    report = orchestrator(ctx.find_root()).remote_check()
+    report = orchestrator(ctx).remote_check()
     if json_output:
         print_json(report)
     else:
         render_check(report)
     raise typer.Exit(0 if report.get("ready") else 1)
-
-
-def _versions(report: dict) -> list[tuple[str, str]]:
-    vllm, torch = report.get("vllm") or {}, report.get("torch") or {}
-    rows = [("python", f"{report.get('python')} ({report.get('python_executable')})")]
-    if vllm.get("error"):
-        rows.append(("vllm", f"not importable: {vllm['error']}"))
-    else:
-        extension = "does not load" if vllm.get("extension_error") else "loads"
-        rows.append(("vllm", f"{vllm.get('version')} (compiled extension {extension})"))
-    if torch.get("error"):
-        rows.append(("torch", f"not importable: {torch['error']}"))
-    else:
-        cuda = "CUDA available" if torch.get("cuda_available") else "no CUDA"
-        devices = torch.get("cuda_device_count")
-        rows.append(("torch", f"{torch.get('version')}, {cuda}, {devices} device(s)"))
-    transformers = (report.get("transformers") or {}).get("version")
-    rows.append(("transformers", transformers or "not installed"))
-    visible = report.get("cuda_visible_devices")
-    rows.append(("CUDA_VISIBLE_DEVICES", "unset" if visible is None else repr(visible)))
-    return rows
-
-
-def render_check(report: dict) -> None:
-    """The check report as a table (stdout), then warnings, problems and the verdict (stderr).
-
-    A report without the worker's findings (the check could not run there, e.g. remote_dir is
-    missing) is only its problems and the verdict.
-    """
-    if "python" in report:
-        _render_check_table(report)
-    for warning in report.get("warnings") or []:
-        print_error_line("warning", warning)
-    for problem in report.get("problems") or []:
-        print_error_line("problem", problem)
-    err.print("ready" if report.get("ready") else "not ready: see the problems above")
-
-
-def _render_check_table(report: dict) -> None:
-    table = Table("what", title="GPU host readiness")
-    table.add_column("found", overflow="fold")  # paths whole, never cut to "…"
-    for what, found in _versions(report):
-        table.add_row(what, found)
-    for gpu in report.get("gpus") or []:
-        total, used = gpu.get("memory_total_mib"), gpu.get("memory_used_mib")
-        table.add_row("gpu", f"{gpu.get('name')}, {total} MiB total, {used} MiB used")
-    if not report.get("gpus"):
-        table.add_row("gpu", "none")
-    model = report.get("model") or {}
-    table.add_row("model", str(model.get("path")))
-    for name, size in (model.get("files") or {}).items():
-        table.add_row(f"  {name}", "missing" if size is None else f"{size:,} bytes")
-    disk = report.get("disk") or {}
-    if disk.get("free_bytes") is not None:
-        free = f"{disk['free_bytes'] / 2**30:.1f} GiB free at {disk.get('path')}"
-        table.add_row("disk", free + (" (low)" if disk.get("low") else ""))
-    out.print(table)
 
 
 @app.command("trust")
@@ -106,7 +49,7 @@ def trust(
 
     Example: cosmos remote trust   (compare the fingerprint with the one your provider shows)
     """
-    orch = orchestrator(ctx.find_root())
+    orch = orchestrator(ctx)
     if not yes and not json_output:
         info = orch.host_key()
         if info.known:  # nothing to record: no question to ask
@@ -149,29 +92,11 @@ def status(
 
     Example: cosmos remote status 3f9a1c2b7d41e0aa
     """
-    report = orchestrator(ctx.find_root()).remote_status(job)
+    report = orchestrator(ctx).remote_status(job)
     if json_output:
         print_json(report)
         return
-    table = Table("job", "state", "done", "failed", "pending", "total", "started", "error")
-    for row in report["jobs"]:
-        # Every cell a string: status.json holds numbers (counts, epoch seconds), and rich
-        # renders only text.
-        table.add_row(
-            row["job_id"],
-            row["state"],
-            *(
-                "-" if row[k] is None else str(row[k])
-                for k in ("done", "failed", "pending", "total")
-            ),
-            local_time(row["started_at"]),
-            str(row["error"] or "")[:60],
-        )
-    out.print(table)
-    for gpu in report["gpus"]:
-        err.print(f"GPU {gpu}", markup=False)
-    if not report["gpus"]:
-        err.print("no GPU visible to nvidia-smi on the host")
+    render_jobs(report)
 
 
 @app.command("logs")
@@ -186,11 +111,7 @@ def logs(
 
     Example: cosmos remote logs 3f9a1c2b7d41e0aa --follow
     """
-
-    def on_line(line: str) -> None:
-        out.print(line, markup=False, highlight=False)
-
-    orchestrator(ctx.find_root()).remote_logs(job, follow=follow, lines=lines, on_line=on_line)
+    orchestrator(ctx).remote_logs(job, follow=follow, lines=lines, on_line=print_log_line)
 
 
 @app.command("cancel")
@@ -203,7 +124,7 @@ def cancel(
 
     Example: cosmos remote cancel 3f9a1c2b7d41e0aa
     """
-    orchestrator(ctx.find_root()).remote_cancel(job)
+    orchestrator(ctx).remote_cancel(job)
     err.print(f"cancelled job {job}; rerun the same `cosmos upsample` command to resume it")
 
 
@@ -219,10 +140,12 @@ def results(
     preprocess_videos: Annotated[
         bool, typer.Option("--preprocess-videos", help="As given to `cosmos upsample`.")
     ] = False,
-    num_frames: Annotated[int | None, typer.Option(min=1, help="As given.")] = None,
+    frame_count: FrameCount = None,
+    max_model_len: MaxModelLen = None,
+    output_tokens: OutputTokens = None,
     num_gpu: Annotated[int | None, typer.Option(min=1, help="As given.")] = None,
     save_dir: Annotated[Path | None, typer.Option(help="Where the specs go.")] = None,
-    recursive: Annotated[bool, typer.Option("--recursive", help="As given.")] = False,
+    recursive: Recursive = False,
     force: Annotated[bool, typer.Option("--force", help="As given.")] = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace outputs edited since cosmos wrote them.")
@@ -236,14 +159,14 @@ def results(
     Works for a job started earlier or from another checkout of the same specs: the inputs
     and options must make the same job id.
     """
-    from .upsample import report
-
-    record = orchestrator(ctx.find_root()).upsample(
+    record = orchestrator(ctx).upsample(
         inputs,
         save_dir=save_dir,
-        preprocess=preprocess_videos,
+        preprocess_videos=preprocess_videos,
         max_resolution=max_resolution,
-        num_frames=num_frames,
+        frame_count=frame_count,
+        max_model_len=max_model_len,
+        output_tokens=output_tokens,
         num_gpu=num_gpu,
         force=force,
         overwrite=overwrite,

@@ -21,10 +21,8 @@ from __future__ import annotations
 import posixpath
 import shlex
 
-EXIT_PREFIX = "@@cosmos-exit "
-# `logs` exits with this when the job folder does not exist (tail itself exits 1).
-NO_JOB_EXIT = 3
-NO_JOB = "@@cosmos-no-job"
+from .protocol import EXIT_PREFIX, GPU_PREFIX, NO_JOB, NO_JOB_EXIT
+
 # Seconds between tail's checks of the worker's pid (GNU tail --pid); the default is 1 s.
 _FOLLOW_POLL_S = "0.2"
 
@@ -111,7 +109,7 @@ def status(root: str, job_id: str | None = None) -> str:
         '(tr -d "\\n" < "$j/status.json") 2>/dev/null; echo; '
         "done; "
         "nvidia-smi --query-gpu=index,name,memory.used,memory.total,utilization.gpu "
-        "--format=csv,noheader 2>/dev/null | sed 's/^/@@gpu /' || true"
+        f"--format=csv,noheader 2>/dev/null | sed 's/^/{GPU_PREFIX}/' || true"
     )
 
 

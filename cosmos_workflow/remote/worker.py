@@ -51,7 +51,9 @@ import threading
 import time
 import traceback
 
-BATCH_VERSION = 1
+BATCH_VERSION = 2
+# Version 1 batches named two settings differently: (old name, new name).
+V1_SETTING_NAMES = (("max_tokens", "output_tokens"), ("frames", "frame_count"))
 EXIT_OK = 0
 EXIT_BAD_BATCH = 2
 EXIT_ENGINE_START = 3
@@ -75,8 +77,8 @@ DEFAULT_SETTINGS = {
     "tensor_parallel_size": 1,
     "gpu_memory_utilization": 0.98,
     "temperature": 0.6,
-    "max_tokens": 300,
-    "frames": 2,
+    "output_tokens": 300,  # room for the output: SamplingParams(max_tokens=…)
+    "frame_count": 2,  # frames per item: the image limit per prompt
     "enable_prefix_caching": True,
     "enforce_eager": False,
     "chunk_size": 64,
@@ -121,16 +123,23 @@ def load_batch(job_dir: str) -> dict:
         raise BatchError(f"{path} is not readable JSON: {e}") from e
     if not isinstance(batch, dict):
         raise BatchError(f"{path}: expected a JSON object")
-    if batch.get("version") != BATCH_VERSION:
-        raise BatchError(f"{path}: version {batch.get('version')!r}, this worker reads 1")
+    version = batch.get("version")
+    if version not in (1, BATCH_VERSION):
+        raise BatchError(f"{path}: version {version!r}, this worker reads 1 and {BATCH_VERSION}")
     settings = batch.get("settings") or {}
     items = batch.get("items")
     if not isinstance(settings, dict) or not isinstance(items, list):
         raise BatchError(f"{path}: 'settings' must be an object and 'items' a list")
+    if version == 1 and isinstance(settings, dict):
+        settings = dict(settings)
+        for old, new in V1_SETTING_NAMES:
+            if old in settings:
+                settings[new] = settings.pop(old)
     merged = dict(DEFAULT_SETTINGS)
     # null means "the default"; unknown keys are left for newer workers.
     merged.update({k: v for k, v in settings.items() if v is not None})
-    positive = ("max_model_len", "max_num_seqs", "tensor_parallel_size", "max_tokens", "frames")
+    positive = ("max_model_len", "max_num_seqs", "tensor_parallel_size", "output_tokens")
+    positive += ("frame_count",)
     positive += ("stall_timeout_s",)
     for key in (*positive, "chunk_size"):
         if not isinstance(merged[key], int) or isinstance(merged[key], bool) or merged[key] < 1:
@@ -430,7 +439,7 @@ def load_engine(vllm, model_dir: str, settings: dict):
         # more would only help with memory to spare.
         max_num_seqs=settings["max_num_seqs"],
         # Images per prompt: the frames of each video (2), so vLLM reserves room for them.
-        limit_mm_per_prompt={"image": settings["frames"]},
+        limit_mm_per_prompt={"image": settings["frame_count"]},
         # Share the KV cache of common prefixes (same frames, same chat frame) across requests.
         enable_prefix_caching=settings["enable_prefix_caching"],
         # One GPU holds the 12B model in bf16 (about 24 GB); more GPUs split it.
@@ -519,7 +528,7 @@ def error_record(item_id: str, error: BaseException, elapsed_s: float) -> dict:
         "id": item_id,
         "text": None,
         "prompt_tokens": None,
-        "output_tokens": None,
+        "generated_tokens": None,
         "finish_reason": None,
         "error": {"type": type(error).__name__, "message": str(error)},
         "elapsed_s": round(elapsed_s, 3),
@@ -533,7 +542,7 @@ def output_record(item_id: str, output, elapsed_s: float) -> dict:
         # NVIDIA strips the generated text before using it as the new prompt.
         "text": (completion.text or "").strip(),
         "prompt_tokens": len(output.prompt_token_ids),
-        "output_tokens": len(completion.token_ids),
+        "generated_tokens": len(completion.token_ids),
         "finish_reason": completion.finish_reason,
         "error": None,
         "elapsed_s": round(elapsed_s, 3),
@@ -542,7 +551,7 @@ def output_record(item_id: str, output, elapsed_s: float) -> dict:
         # Nothing to replace the prompt with (only special tokens or whitespace): never an
         # empty upsampled spec; as an error result the next run of the command retries it.
         message = (
-            f"the model wrote no text ({record['output_tokens']} tokens, "
+            f"the model wrote no text ({record['generated_tokens']} tokens, "
             f"finish reason {record['finish_reason']})"
         )
         record.update(text=None, error={"type": "EmptyOutput", "message": message})
@@ -697,7 +706,7 @@ def run_job(job_dir: str, model_override: str | None) -> int:
             llm = load_engine(vllm, model_dir, settings)
             sampling_params = vllm.SamplingParams(
                 temperature=settings["temperature"],
-                max_tokens=settings["max_tokens"],
+                max_tokens=settings["output_tokens"],
                 seed=settings["seed"],
             )
         except Exception as e:

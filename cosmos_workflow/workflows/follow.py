@@ -11,11 +11,10 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from ..errors import CosmosError, SSHError, WorkerError
-from ..remote import jobctl
+from ..remote import jobctl, protocol
 from ..remote.base import ShellCommand
 from ..remote.runner import sudo_password_error
 from ..remote.transfer import storage_problem
-from .jobs import parse_progress
 
 # SSH failures worth a reconnect: the network, not the settings (host keys, auth, paths).
 RETRIABLE = {
@@ -87,11 +86,12 @@ def follow_worker(
 
     def on_stdout(line: str) -> None:
         nonlocal seen, exit_text
-        if line.startswith(jobctl.EXIT_PREFIX):
-            exit_text = line[len(jobctl.EXIT_PREFIX) :].strip()
+        code = protocol.parse_exit(line)
+        if code is not None:
+            exit_text = code
             return
         seen += 1
-        progress = parse_progress(line)
+        progress = protocol.parse_progress(line)
         if progress is not None:
             on_event("progress", **progress)
         else:

@@ -1,26 +1,16 @@
-"""The job a batch becomes: items, engine settings, a job id derived from both, the run record.
-
-A job id is a hash of what the worker will do (each item's id, prompt and frame hashes, and the
-engine settings), so running the same command again finds the same job on the host.
-"""
+"""What a run is made of: the planned items on their way through the pipeline, and the run
+record (`run.json`, `cosmos upsample --json`) that reports them."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import posixpath
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..remote import protocol
 from ..specs import PromptSpec
 from ..specs.reading import RUN_RECORD_KIND
-
-PROGRESS_PREFIX = "@@cosmos-progress "
-# `worker.py check --json` ends with its report on one line after this marker: whatever ran
-# before it (the Docker image's entrypoint banner, vLLM's log) may have printed on stdout too.
-CHECK_PREFIX = "@@cosmos-check "
 
 
 @dataclass
@@ -33,13 +23,13 @@ class PlannedItem:
     status: str = "planned"  # planned | staged | ok | failed | skipped
     frame_width: int | None = None
     frame_height: int | None = None
-    frames: int = 0
+    frame_count: int = 0
     prompt_tokens_local: int | None = None
     frame_files: list[Path] = field(default_factory=list)  # local PNGs (frame cache)
     frame_sha256: list[str] = field(default_factory=list)
     upsampled_prompt: str | None = None
     prompt_tokens_engine: int | None = None
-    output_tokens: int | None = None
+    generated_tokens: int | None = None  # what the model wrote (the budget: output_tokens)
     finish_reason: str | None = None
     output: str | None = None  # path of the written spec
     # Planned (dry run): new | replace | keep | overwrite; done: written | unchanged | kept.
@@ -51,11 +41,7 @@ class PlannedItem:
         self.error = error
 
     def batch_entry(self) -> dict:
-        return {
-            "id": self.id,
-            "prompt": self.spec.prompt,
-            "frames": [posixpath.join("cache", f"{sha}.png") for sha in self.frame_sha256],
-        }
+        return protocol.batch_item(self.id, self.spec.prompt, self.frame_sha256)
 
     def record(self) -> dict:
         return {
@@ -70,97 +56,14 @@ class PlannedItem:
             "video": str(self.spec.video) if self.spec.video else None,
             "frame_width": self.frame_width,
             "frame_height": self.frame_height,
-            "frames": self.frames,
+            "frame_count": self.frame_count,
+            "frame_sha256": list(self.frame_sha256),
             "prompt_tokens_local": self.prompt_tokens_local,
             "prompt_tokens_engine": self.prompt_tokens_engine,
-            "output_tokens": self.output_tokens,
+            "generated_tokens": self.generated_tokens,
             "finish_reason": self.finish_reason,
             "error": self.error,
         }
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    """What batch.json tells the worker about the engine (see remote/worker.py)."""
-
-    max_model_len: int
-    max_tokens: int
-    frames: int
-    temperature: float = 0.6
-    max_num_seqs: int = 2
-    tensor_parallel_size: int = 1
-    enable_prefix_caching: bool = True
-    enforce_eager: bool = False
-    gpu_memory_utilization: float = 0.98
-    checkpoint_dir: str | None = None
-    model: str | None = None
-    chunk_size: int = 64
-    seed: int | None = None
-    stall_timeout_s: int = 900  # status.json says "stalled" after this long without progress
-
-
-def job_id_for(items: list[PlannedItem], settings: EngineSettings) -> str:
-    """16 hex digits of SHA-256 over the items to send and the engine settings."""
-    canonical = json.dumps(
-        {"items": [item.batch_entry() for item in items], "settings": asdict(settings)},
-        sort_keys=True,
-        ensure_ascii=False,
-    )
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
-
-
-def batch_json(job_id: str, items: list[PlannedItem], settings: EngineSettings) -> bytes:
-    batch = {
-        "version": 1,
-        "job_id": job_id,
-        "settings": asdict(settings),
-        "items": [item.batch_entry() for item in items],
-    }
-    return (json.dumps(batch, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
-
-
-def parse_progress(line: str) -> dict | None:
-    """The worker's `@@cosmos-progress {json}` stdout lines; None for ordinary log lines."""
-    if not line.startswith(PROGRESS_PREFIX):
-        return None
-    try:
-        return json.loads(line[len(PROGRESS_PREFIX) :])
-    except json.JSONDecodeError:
-        return None
-
-
-def parse_check_report(stdout: str) -> dict | None:
-    """The report on the last `@@cosmos-check {json}` line of `worker.py check --json`."""
-    for line in reversed(stdout.splitlines()):
-        if line.startswith(CHECK_PREFIX):
-            try:
-                report = json.loads(line[len(CHECK_PREFIX) :])
-            except json.JSONDecodeError:
-                return None
-            return report if isinstance(report, dict) else None
-    return None
-
-
-def parse_results(data: bytes) -> dict[str, dict]:
-    """`results.jsonl` → {item id: result}; a torn last line (killed mid-write) is ignored.
-
-    A rerun of the job retries the items whose result was an error and appends their new
-    line: an item's first success wins, otherwise its latest error.
-    """
-    results: dict[str, dict] = {}
-    for line in data.decode("utf-8", errors="replace").splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            result = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(result, dict) and isinstance(result.get("id"), str):
-            earlier = results.get(result["id"])
-            if earlier is None or earlier.get("error"):
-                results[result["id"]] = result
-    return results
 
 
 def utc_now() -> str:
@@ -177,6 +80,7 @@ class RunRecord:
     runner: str
     model: str
     settings: dict
+    mode: str = "job"  # how the items were run: "job" (a batch job on the host)
     started_at: str = field(default_factory=utc_now)
     finished_at: str | None = None
     duration_s: float | None = None
@@ -218,6 +122,7 @@ class RunRecord:
             "host": self.host,
             "transport": self.transport,
             "runner": self.runner,
+            "mode": self.mode,
             "model": self.model,
             "settings": self.settings,
             "started_at": self.started_at,

@@ -1,19 +1,20 @@
 """`WorkflowOrchestrator`: the library entry point the CLI is a skin over.
 
-It holds the effective `Config` and mixes in one mixin per concern:
+It holds the effective `Config` and two components, and mixes in one thin face per concern:
 
-- `ResolutionMixin` (resolution.py): exact token checks, the limits table, frame preparation;
-- `UpsampleMixin` (upsample.py): plan → stage → ship → run the worker → collect;
-- `RemoteMixin` (remote_ops.py): host readiness and host-key trust.
+- `ResolutionMixin` (resolution.py): check, limits, prepare — over `Preflight` (preflight.py);
+- `UpsampleMixin` (upsample.py): upsample — `UpsamplePipeline` (pipeline.py) over `Preflight`
+  and an executor (the batch job of batchjob.py, on `GpuHost`);
+- `RemoteMixin` (remote_ops.py): host readiness, host keys, jobs — over `GpuHost` (gpuhost.py).
+
+No mixin calls another: each reaches only `config`, `preflight` and `gpu_host`.
 """
 
 from __future__ import annotations
 
-from functools import cached_property
-from pathlib import Path
-
-from .. import media
-from ..config import Config, load_config, user_cache_dir
+from ..config import Config, load_config
+from .gpuhost import GpuHost
+from .preflight import Preflight
 from .remote_ops import RemoteMixin
 from .resolution import ResolutionMixin
 from .upsample import UpsampleMixin
@@ -23,23 +24,10 @@ class WorkflowOrchestrator(ResolutionMixin, UpsampleMixin, RemoteMixin):
     """Everything `cosmos` does, callable from Python.
 
     >>> orchestrator = WorkflowOrchestrator()          # ./config.toml, env, defaults
-    >>> report = orchestrator.check([Path("inputs/prompts")])
+    >>> report = orchestrator.check([Path("inputs/prompts")], resolution="auto")
     """
 
     def __init__(self, config: Config | None = None):
         self.config = config or load_config()
-
-    @cached_property
-    def ffmpeg(self) -> str:
-        return media.find_tool("ffmpeg", self.config.ffmpeg.binary)
-
-    @cached_property
-    def ffprobe(self) -> str:
-        return media.find_tool("ffprobe", self.config.ffmpeg.ffprobe)
-
-    @property
-    def cache_dir(self) -> Path:
-        return Path(self.config.paths.cache_dir or user_cache_dir())
-
-    def frame_cache(self) -> media.FrameCache:
-        return media.FrameCache(self.cache_dir / "frames", ffmpeg=self.ffmpeg)
+        self.preflight = Preflight(self.config)
+        self.gpu_host = GpuHost(self.config)

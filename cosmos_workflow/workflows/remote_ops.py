@@ -1,237 +1,45 @@
-"""Remote mixin: host readiness (`cosmos remote check`) and host-key trust."""
+"""Remote mixin: host readiness, host-key trust and jobs, faces over `GpuHost`."""
 
 from __future__ import annotations
 
-import json
-import posixpath
-import shlex
-import time
-from pathlib import Path
+from collections.abc import Callable
 
-from ..errors import CosmosError, RemoteCommandError, TransferError
-from ..fsutil import sha256_file
-from ..remote import jobctl
-from ..remote import runner as runners
-from ..remote.base import ShellCommand
-from ..remote.transfer import storage_problem
-from .jobs import parse_check_report
+from ..remote.hostkeys import HostKeyInfo
+from .gpuhost import GpuHost
 
 
 class RemoteMixin:
-    """Needs `self.config` and `self.runner_settings()` (UpsampleMixin)."""
+    """Mixed into `WorkflowOrchestrator`: needs `gpu_host`."""
 
-    def host_settings(self):
-        """The SSH settings from `[remote]` (port and user only when set, so an alias's apply)."""
-        from ..remote import ssh
-
-        remote = self.config.remote
-        if not remote.host:
-            raise CosmosError(
-                "no GPU host configured",
-                'set [remote] host in config.toml (or COSMOS_REMOTE_HOST), or transport = "local"',
-                code="no_host",
-            )
-        return ssh.HostSettings(
-            host=remote.host,
-            user=remote.user or None,
-            port=remote.port if self.config.sources.get("remote.port") else None,
-            ssh_key=Path(remote.ssh_key) if remote.ssh_key else None,
-            known_hosts=Path(remote.known_hosts) if remote.known_hosts else None,
-            host_key_policy=remote.host_key_policy,
-            connect_timeout_s=remote.connect_timeout_s,
-        )
-
-    def connect(self):
-        """A connection to the host (`[remote] transport = "ssh"`) or to this machine."""
-        from ..remote import local, ssh
-
-        if self.config.remote.transport == "local":
-            return local.LocalConnection()
-        return ssh.Connection(self.host_settings())
-
-    def ensure_worker(self, conn, root: str, *extra_dirs: str) -> bool:
-        """Create our folders (and `extra_dirs`) on the host; upload worker.py if it differs.
-
-        One exec, plus one upload only when needed. Returns True when the worker was sent.
-        """
-        from .upsample import WORKER_FILE
-
-        worker = posixpath.join(root, "worker.py")
-        folders = [posixpath.join(root, "cache"), posixpath.join(root, "jobs"), *extra_dirs]
-        command = (
-            f"mkdir -p {shlex.join(folders)} && "
-            f"(sha256sum {shlex.quote(worker)} 2>/dev/null || true)"
-        )
-        result = conn.run(ShellCommand(command), check=False)
-        if result.exit_code != 0:
-            problem = storage_problem(conn, root, 0, result.stderr)
-            if problem is not None:
-                raise problem
-            reason = (result.stderr.strip().splitlines() or ["mkdir failed"])[-1]
-            raise TransferError(
-                f"cannot create {root} on the host: {reason.rsplit(': ', 1)[-1]}",
-                f"[paths] remote_dir ({self.config.paths.remote_dir}) must be a folder the SSH "
-                "user can write: fix its permissions or choose another remote_dir",
-                code="remote_permission",
-            )
-        remote_hash = result.stdout.split(" ")[0].strip()
-        if remote_hash == sha256_file(WORKER_FILE):
-            return False
-        conn.put(WORKER_FILE, worker)
-        return True
+    gpu_host: GpuHost
 
     def remote_check(self) -> dict:
-        """Run `worker.py check` on the host (in the Docker image, or with the direct runner's
-        Python): Python, vLLM and its compiled extension, torch and the GPUs it sees,
-        transformers, the checkpoint files, free disk.
+        """`worker.py check` on the host: vLLM, torch and its GPUs, the checkpoint, free disk."""
+        return self.gpu_host.check()
 
-        A `remote_dir` that is not a folder on the host is reported as the one problem, and
-        nothing is created there (a mistyped path must not become a new folder).
-        """
-        runner = self.runner_settings()
-        checkpoint_dir = self.engine_settings(self.budget()).checkpoint_dir
-        min_free_gib = f"{self.config.worker.min_free_disk_gib:g}"
-        with self.connect() as conn:
-            if not conn.run(["test", "-d", runner.remote_dir], check=False).ok:
-                return {
-                    "ready": False,
-                    "problems": [
-                        f"[paths] remote_dir {runner.remote_dir} is not a folder on the host: "
-                        "fix the path, or create the cosmos-transfer1 checkout there"
-                    ],
-                    "exit_code": 1,
-                }
-            self.ensure_worker(conn, runner.root)
-            command = runners.worker_command(
-                runner,
-                "check",
-                *("check", "--json", "--checkpoint-dir", checkpoint_dir),
-                *("--min-free-gib", min_free_gib),
-            )
-            result = conn.run(ShellCommand(command), check=False)
-        report = parse_check_report(result.stdout)
-        if report is None:
-            sudo_error = runners.sudo_password_error(result.stderr.splitlines())
-            if sudo_error is not None:
-                raise sudo_error
-            raise RemoteCommandError(
-                f"`worker.py check` exited with code {result.exit_code} and printed no report",
-                "see its stderr: " + (result.stderr.strip().splitlines() or ["(empty)"])[-1],
-                result=result,
-            )
-        report["exit_code"] = result.exit_code
-        return report
-
-    def host_key(self):
+    def host_key(self) -> HostKeyInfo:
         """The host's key type and fingerprint, without logging in or recording anything."""
-        from ..remote import ssh
+        return self.gpu_host.host_key()
 
-        return ssh.host_key_fingerprint(self.host_settings())
-
-    def trust_host(self):
+    def trust_host(self) -> HostKeyInfo:
         """Fetch the host's key (no login) and record it in known_hosts."""
-        from ..remote import ssh
-
-        return ssh.trust_host(self.host_settings())
-
-    # -- jobs on the host -------------------------------------------------------------------
-
-    def _job_dir(self, job_id: str) -> str:
-        if not job_id or not all(c in "0123456789abcdef" for c in job_id):
-            raise CosmosError(
-                f"{job_id!r} is not a job id",
-                "job ids are 16 hex digits; `cosmos remote status` lists them",
-                code="bad_job_id",
-            )
-        return jobctl.job_dir(self.runner_settings().root, job_id)
+        return self.gpu_host.trust_host()
 
     def remote_status(self, job_id: str | None = None) -> dict:
         """Jobs on the host (state, counts, alive, cancelled) and the host's GPUs."""
-        if job_id is not None:
-            self._job_dir(job_id)
-        root = self.runner_settings().root
-        with self.connect() as conn:
-            result = conn.run(ShellCommand(jobctl.status(root, job_id)), check=False)
-        jobs, gpus = [], []
-        for line in result.stdout.splitlines():
-            if line.startswith("@@gpu "):
-                gpus.append(line[len("@@gpu ") :].strip())
-                continue
-            parts = line.split("\t", 3)
-            if len(parts) < 4:
-                continue
-            name, alive, cancelled, status_text = parts
-            try:
-                status = json.loads(status_text) if status_text.strip() else {}
-            except json.JSONDecodeError:
-                status = {}
-            state = status.get("state", "unknown")
-            if cancelled == "cancelled" and alive != "alive":
-                state = "cancelled"
-            elif alive != "alive" and state in ("starting", "loading", "running", "stalled"):
-                state = "died"
-            error = status.get("error")
-            if state == "stalled" and not error:
-                error = _stalled_note(name, status.get("stalled_since"))
-            jobs.append(
-                {
-                    "job_id": name,
-                    "state": state,
-                    "alive": alive == "alive",
-                    "total": status.get("total"),
-                    "done": status.get("done"),
-                    "failed": status.get("failed"),
-                    "pending": status.get("pending"),
-                    "started_at": status.get("started_at"),
-                    "finished_at": status.get("finished_at"),
-                    "heartbeat": status.get("heartbeat"),
-                    "stalled_since": status.get("stalled_since"),
-                    "error": error,
-                }
-            )
-        if job_id is not None and not jobs:
-            raise _no_such_job(job_id)
-        return {"jobs": jobs, "gpus": gpus}
+        return self.gpu_host.job_status(job_id)
 
-    def remote_logs(self, job_id: str, *, follow: bool = False, lines: int = 200, on_line=None):
+    def remote_logs(
+        self,
+        job_id: str,
+        *,
+        follow: bool = False,
+        lines: int = 200,
+        on_line: Callable[[str], None] | None = None,
+    ) -> list[str]:
         """The job's worker.log: the last `lines`, or followed until the worker ends."""
-        job = self._job_dir(job_id)
-        collected: list[str] = []
-        with self.connect() as conn:
-            result = conn.run(
-                ShellCommand(jobctl.logs(job, follow=follow, lines=lines)),
-                check=False,
-                on_stdout=on_line or collected.append,
-            )
-        if result.exit_code == jobctl.NO_JOB_EXIT:
-            raise _no_such_job(job_id)
-        return collected
+        return self.gpu_host.job_logs(job_id, follow=follow, lines=lines, on_line=on_line)
 
     def remote_cancel(self, job_id: str) -> None:
         """Stop a job on the host; its finished items stay, a rerun resumes the rest."""
-        job = self._job_dir(job_id)
-        settings = self.runner_settings()
-        container = runners.container_name(job_id) if settings.kind == "docker" else None
-        with self.connect() as conn:
-            result = conn.run(ShellCommand(jobctl.cancel(job, container, sudo=settings.sudo)))
-        if jobctl.NO_JOB in result.stdout.split():
-            raise _no_such_job(job_id)
-
-
-def _stalled_note(job_id: str, since) -> str:
-    """What a stalled job's row says: the worker lives, its engine has not moved for a while."""
-    minutes = ""
-    if isinstance(since, (int, float)):
-        minutes = f" for {max(time.time() - since, 0) / 60:.0f} min"
-    return (
-        f"the engine has made no progress{minutes} (hung?): `cosmos remote cancel {job_id}` "
-        "stops it; rerunning the command resumes the job"
-    )
-
-
-def _no_such_job(job_id: str) -> CosmosError:
-    return CosmosError(
-        f"no job {job_id} on the host",
-        "`cosmos remote status` lists the jobs there",
-        code="job_not_found",
-    )
+        self.gpu_host.cancel_job(job_id)
