@@ -47,17 +47,36 @@ DRIVEN = {
     "check": {
         "--prompt",
         "--frames",
+        "--num-frames",
         "--max-model-len",
         "--output-tokens",
         "--resolution",
         "--recursive",
     },
-    "limits": {"--max-model-len", "--frames", "--aspect", "--prompt-tokens", "--output-tokens"},
-    "prepare": {"--resolution", "--out", "--preview", "--frames", "--prompt", "--recursive"},
+    "limits": {
+        "--max-model-len",
+        "--frames",
+        "--num-frames",
+        "--aspect",
+        "--prompt-tokens",
+        "--output-tokens",
+    },
+    "prepare": {
+        "--resolution",
+        "--out",
+        "--preview",
+        "--frames",
+        "--num-frames",
+        "--prompt",
+        "--recursive",
+    },
     "upsample": {
         "--preprocess-videos",
         "--max-resolution",
         "--num-frames",
+        "--frames",
+        "--max-model-len",
+        "--output-tokens",
         "--num-gpu",
         "--save-dir",
         "--dry-run",
@@ -75,6 +94,9 @@ DRIVEN = {
         "--max-resolution",
         "--preprocess-videos",
         "--num-frames",
+        "--frames",
+        "--max-model-len",
+        "--output-tokens",
         "--num-gpu",
         "--save-dir",
         "--recursive",
@@ -729,3 +751,48 @@ def test_cancel_of_a_job_the_host_does_not_have_says_so(setup, workdir):
     assert "cancelled" not in result.stderr
     assert not (setup.jobs / unknown).exists()
     assert not (setup.jobs / job_id / "cancelled").exists()  # the real job is left alone
+
+
+# -- the budget flags: one name per meaning on every command ------------------------------------
+
+
+def test_num_frames_and_frames_are_one_flag_on_every_local_command(spec_tree, workdir):
+    spec = spec_tree / "office_handover.json"
+    for command in (["check", spec], ["limits", "--aspect", "16:9"]):
+        seed = as_json(*command, "--num-frames", 1)
+        assert seed == as_json(*command, "--frames", 1)
+        assert seed != as_json(*command)  # the default is 2 frames
+    result = cosmos("prepare", spec, "--num-frames", 1, "--out", workdir / "p")
+    assert result.exit_code == 0, result.output
+    assert (workdir / "p" / "office_handover" / "frame_000.png").is_file()
+    assert not (workdir / "p" / "office_handover" / "frame_001.png").exists()
+
+
+def test_upsample_takes_the_budget_flags_and_local_prompts_dir(setup, workdir):
+    seed_specs(workdir / "inputs" / "prompts")  # [paths] local_prompts_dir's default
+    args = ["upsample", "--dry-run", "--save-dir", "o", "--frames", 1]
+    result = cosmos(*args, "--max-model-len", 8192, "--output-tokens", 200)
+    assert result.exit_code == 0, result.output
+    for name in ("office_handover", "robot_lab_night"):
+        assert lines_with(result.stdout, f" {name} ", " 1×")
+    record = as_json(*args, "--max-model-len", 8192, "--output-tokens", 200)
+    assert record["settings"]["max_model_len"] == 8192
+    assert record["settings"]["output_tokens"] == 200
+    assert record["settings"]["frame_count"] == 1
+    assert {item["name"] for item in record["items"]} == {"office_handover", "robot_lab_night"}
+
+    (workdir / "inputs" / "prompts").rename(workdir / "elsewhere")
+    missing = cosmos("upsample", "--dry-run")
+    assert missing.exit_code == 2
+    assert "no input given, and [paths] local_prompts_dir (inputs/prompts)" in missing.stderr
+
+
+def test_remote_results_needs_the_budget_flags_the_job_was_started_with(setup, workdir):
+    job_id, prompts = finished_job(setup, workdir)
+    other = cosmos("remote", "results", job_id, prompts, "--max-model-len", 8192)
+    assert other.exit_code == 2
+    assert f"not {job_id}" in other.stderr and "--num-frames" in other.stderr
+    for flags in (["--output-tokens", 200], ["--frames", 1]):
+        assert f"not {job_id}" in cosmos("remote", "results", job_id, prompts, *flags).stderr
+    same = cosmos("remote", "results", job_id, prompts, "--save-dir", workdir / "again")
+    assert same.exit_code == 0, same.output

@@ -26,7 +26,7 @@ def orchestrator(ctx: typer.Context) -> WorkflowOrchestrator:
 Inputs = Annotated[
     list[Path] | None,
     typer.Argument(
-        help="Spec .json files, folders of specs, or videos (default: [paths] local_prompts_dir).",
+        help="Spec .json files, folders of specs, or videos (default: paths.local_prompts_dir).",
         show_default=False,
     ),
 ]
@@ -36,18 +36,16 @@ FrameCount = Annotated[
         "--num-frames",
         "--frames",
         min=1,
-        help="Frames the model sees per item (default: [upsampling] frame_count, 2).",
+        help="Frames the model sees per item (default: upsampling.frame_count, 2).",
     ),
 ]
 MaxModelLen = Annotated[
     int | None,
-    typer.Option(
-        min=1, help="Context size, prompt + output (default: [upsampling] max_model_len)."
-    ),
+    typer.Option(min=1, help="Context size, prompt + output (default: upsampling.max_model_len)."),
 ]
 OutputTokens = Annotated[
     int | None,
-    typer.Option(min=0, help="Room kept for the output (default: [upsampling] output_tokens)."),
+    typer.Option(min=0, help="Room kept for the output (default: upsampling.output_tokens)."),
 ]
 Recursive = Annotated[bool, typer.Option("--recursive", help="Descend into sub-folders.")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON.")]
