@@ -213,22 +213,29 @@ def test_run_returns_a_record(sshd):
     assert conn.counters.exec == 1
 
 
-def test_run_streams_lines_in_order_while_running(connection):
+def test_run_streams_lines_in_order_while_running(connection, tmp_path):
     seen = []
-    start = time.monotonic()
+    gate = tmp_path / "gate"
 
     def on_line(stream):
-        return lambda line: seen.append((stream, line, time.monotonic() - start))
+        def seen_line(line: str) -> None:
+            seen.append((stream, line))
+            if line == "one":
+                gate.touch()  # the command goes on only once "one" reached us
 
-    script = "echo one; echo warn >&2; sleep 0.6; printf 'two\\nthree'"
+        return seen_line
+
+    # The command waits (up to 20 s) for the gate that only a streamed "one" opens: had the
+    # output been delivered when the command ended, it would say "not streamed".
+    wait = f"i=0; while [ ! -e {gate} ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done"
+    script = f"echo one; echo warn >&2; {wait}; [ -e {gate} ] || echo 'not streamed'; "
+    script += "printf 'two\\nthree'"
     result = connection.run(
         ["sh", "-c", script], on_stdout=on_line("out"), on_stderr=on_line("err")
     )
-    out_lines = [line for stream, line, _ in seen if stream == "out"]
+    out_lines = [line for stream, line in seen if stream == "out"]
     assert out_lines == ["one", "two", "three"]  # the last line has no newline, still delivered
-    assert [line for stream, line, _ in seen if stream == "err"] == ["warn"]
-    first_at = seen[0][2]
-    assert first_at < 0.5 <= result.duration_s  # "one" came before the command ended
+    assert [line for stream, line in seen if stream == "err"] == ["warn"]
     assert result.stdout == "one\ntwo\nthree"
 
 

@@ -73,7 +73,7 @@ def test_a_prompt_exactly_at_max_model_len(remote, profile, accepted):
     # Stand-in count: 3 chat-frame + 2 text ("abcd") + 2 × 252 image tokens = 509.
     frames = [remote.frame(320, 180)] * 2
     job_dir = remote.job(
-        [{"id": "edge", "prompt": "abcd", "frames": frames}], max_model_len=509, max_tokens=1
+        [{"id": "edge", "prompt": "abcd", "frames": frames}], max_model_len=509, output_tokens=1
     )
 
     proc = remote.run("run", str(job_dir), profile=profile)
