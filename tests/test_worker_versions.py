@@ -82,7 +82,7 @@ def test_a_prompt_exactly_at_max_model_len(remote, profile, accepted):
     (row,) = results(job_dir)
     if accepted:  # served, with no room left to write anything: an empty output is an error
         assert row["prompt_tokens"] == 509 and row["error"]["type"] == "EmptyOutput"
-        assert row["finish_reason"] == "length" and row["output_tokens"] == 0
+        assert row["finish_reason"] == "length" and row["generated_tokens"] == 0
     else:  # vLLM 0.8 rejects a prompt that leaves no room at all, with a plain ValueError
         assert row["error"]["type"] == "ValueError"
         assert (
