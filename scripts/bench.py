@@ -246,7 +246,7 @@ t.append(time.perf_counter())
 orch = WorkflowOrchestrator()
 specs, errors = orch.load_inputs([Path(sys.argv[1])])
 t.append(time.perf_counter())
-infos = media.probe_many([s.video for s in specs], ffprobe=orch.ffprobe, min_frames=2)
+infos = media.probe_many([s.video for s in specs], ffprobe=orch.preflight.ffprobe, min_frames=2)
 t.append(time.perf_counter())
 for s, info in zip(specs, infos):
     c = tokens.count_prompt_tokens(info.width, info.height, 2, s.prompt)
