@@ -65,10 +65,10 @@ def check(
         str | None, typer.Option(help="Prompt to count (default: each spec's own prompt).")
     ] = None,
     frames: Annotated[
-        int | None, typer.Option(min=1, help="Frames per item (default: frames_to_extract).")
+        int | None, typer.Option(min=1, help="Frames per item (default: upsampling.frame_count).")
     ] = None,
     max_model_len: Annotated[
-        int | None, typer.Option(min=1, help="Context size (default: upsampling.max_tokens).")
+        int | None, typer.Option(min=1, help="Context size (default: upsampling.max_model_len).")
     ] = None,
     output_tokens: Annotated[
         int | None, typer.Option(min=0, help="Room for the output (default: 300).")
@@ -91,9 +91,9 @@ def check(
     orch = orchestrator(
         ctx,
         {
-            "upsampling.max_tokens": max_model_len,
+            "upsampling.max_model_len": max_model_len,
             "upsampling.output_tokens": output_tokens,
-            "upsampling.frames_to_extract": frames,
+            "upsampling.frame_count": frames,
         },
     )
     report = orch.check(

@@ -38,14 +38,14 @@ def limits(
     """
     orch = orchestrator(
         ctx,
-        {"upsampling.output_tokens": output_tokens, "upsampling.frames_to_extract": frames},
+        {"upsampling.output_tokens": output_tokens, "upsampling.frame_count": frames},
     )
     up = orch.config.upsampling
     try:
         rows = orch.limits(
             max_model_len or [4096, 8192, 16384, 32768],
             aspect or ["16:9", "4:3"],
-            frames=up.frames_to_extract,
+            frames=up.frame_count,
             prompt_tokens=prompt_tokens,
             output_tokens=up.output_tokens,
         )
@@ -57,7 +57,7 @@ def limits(
         print_json({"limits": rows})
         return
     table = Table(
-        title=f"largest frame size that fits ({up.frames_to_extract} frames, "
+        title=f"largest frame size that fits ({up.frame_count} frames, "
         f"{up.output_tokens} output tokens kept)"
     )
     for column in ("max_model_len", "aspect", "size", "prompt tokens", "margin"):

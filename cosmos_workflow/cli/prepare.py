@@ -41,7 +41,7 @@ def prepare(
 
     Layout: OUT/<name>/frame_000.png …, OUT/<name>/hint.mp4, OUT/<name>/preview.png.
     """
-    orch = orchestrator(ctx, {"upsampling.frames_to_extract": frames})
+    orch = orchestrator(ctx, {"upsampling.frame_count": frames})
     target = Path(out_dir or orch.config.upsampling.hint_video_dir)
 
     def on_item(item) -> None:

@@ -149,9 +149,9 @@ class ResolutionMixin:
     def budget(self, *, frames=None, max_model_len=None, output_tokens=None) -> Budget:
         up = self.config.upsampling
         return Budget(
-            max_model_len=max_model_len or up.max_tokens,
+            max_model_len=max_model_len or up.max_model_len,
             output_tokens=up.output_tokens if output_tokens is None else output_tokens,
-            frame_count=frames or up.frames_to_extract,
+            frame_count=frames or up.frame_count,
         )
 
     def check_specs(

@@ -194,7 +194,7 @@ class UpsampleMixin:
         if max_resolution is not None:
             resolution = Resolution.parse(max_resolution)
         elif preprocess:
-            width, height = self.config.frame_size()
+            width, height = self.config.upsampling.safe_resolution
             resolution = Resolution("box", width, height)
         else:
             resolution = Resolution("source")
@@ -383,7 +383,7 @@ def _budget_error(check: CheckItem) -> dict:
             "use --preprocess-videos or --max-resolution auto"
         )
     else:
-        hint = "no frame size fits: shorten the prompt or raise [upsampling] max_tokens"
+        hint = "no frame size fits: shorten the prompt or raise [upsampling] max_model_len"
     return {
         "code": check.verdict,
         "message": (
@@ -413,7 +413,7 @@ def _engine_item_error(engine_error: dict) -> dict:
         (
             "engine_rejected",
             "the engine refused what the local count accepted: try a smaller "
-            "--max-resolution or a shorter prompt, and check [upsampling] max_tokens "
+            "--max-resolution or a shorter prompt, and check [upsampling] max_model_len "
             "matches the engine; the same command again retries only failed items",
         ),
     )
