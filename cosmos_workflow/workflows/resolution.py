@@ -108,6 +108,7 @@ class ResolutionMixin:
         """
         specs: list[PromptSpec] = []
         errors: list[CosmosError] = []
+        videos_dir = self.config.paths.local_videos_dir or None
         for path in inputs:
             path = Path(path)
             try:
@@ -122,12 +123,14 @@ class ResolutionMixin:
                 )
                 continue
             if is_dir:
-                found, errs = load_specs([path], recursive=recursive, passed_over=passed_over)
+                found, errs = load_specs(
+                    [path], recursive=recursive, passed_over=passed_over, videos_dir=videos_dir
+                )
                 specs.extend(found)
                 errors.extend(errs)
             elif path.suffix.lower() == ".json":
                 try:
-                    specs.append(load_spec(path))
+                    specs.append(load_spec(path, videos_dir=videos_dir))
                 except CosmosError as exc:
                     errors.append(exc)
             elif exists:
