@@ -542,7 +542,7 @@ def test_ctrl_c_message_names_commands_that_work(setup, workdir):
 
 def test_config_show_names_each_value_and_where_it_came_from(workdir, monkeypatch):
     write_config(workdir / "config.toml", {"remote": {"host": "gpu-a", "port": 2201}})
-    monkeypatch.setenv("COSMOS_UPSAMPLING_MAX_TOKENS", "8192")
+    monkeypatch.setenv("COSMOS_UPSAMPLING_MAX_MODEL_LEN", "8192")
     result = cosmos("config", "show")
     assert result.exit_code == 0, result.output
     assert "effective configuration" in result.stdout
@@ -550,7 +550,10 @@ def test_config_show_names_each_value_and_where_it_came_from(workdir, monkeypatc
     config = str(workdir / "config.toml")
     assert rows["remote.host"] == ["remote.host", "'gpu-a'", config]
     assert rows["remote.port"] == ["remote.port", "2201", config]
-    assert rows["upsampling.max_tokens"][1:] == ["8192", "environment COSMOS_UPSAMPLING_MAX_TOKENS"]
+    assert rows["upsampling.max_model_len"][1:] == [
+        "8192",
+        "environment COSMOS_UPSAMPLING_MAX_MODEL_LEN",
+    ]
     assert rows["upsampling.output_tokens"][1:] == ["300", "default"]
 
 

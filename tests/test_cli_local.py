@@ -129,6 +129,29 @@ def test_check_windows_path_is_one_clear_item_error(workdir):
     assert second["verdict"] == "fits"  # the good spec is still checked
 
 
+def test_check_finds_a_spec_video_in_the_configured_videos_folder(workdir):
+    spec = workdir / "specs" / "s.json"
+    spec.parent.mkdir()
+    spec.write_text(
+        json.dumps({"id": "x", "prompt": "p", "input_video_path": "example1_input_video.mp4"})
+    )
+
+    # The default videos folder, ./inputs/videos, does not have it: every place is named.
+    result = invoke("check", spec, "--json")
+    assert result.exit_code == 2
+    (item,) = data(result)["items"]
+    assert item["error"]["code"] == "video_not_found"
+    assert (
+        str(workdir / "inputs" / "videos" / "example1_input_video.mp4") in item["error"]["message"]
+    )
+
+    (workdir / "config.toml").write_text(f"[paths]\nlocal_videos_dir = {json.dumps(str(ASSETS))}\n")
+    result = invoke("check", spec, "--json")
+    assert result.exit_code == 0, result.output
+    (item,) = data(result)["items"]
+    assert (item["frame_width"], item["frame_height"], item["verdict"]) == (640, 480, "fits")
+
+
 def test_check_missing_input_is_one_line(workdir):
     result = invoke("check", workdir / "nope.mp4")
     assert result.exit_code == 2

@@ -21,9 +21,9 @@ def write(path, text):
 
 def test_defaults_apply_without_any_file(workdir):
     config = load_config()
-    assert config.upsampling.max_tokens == 4096
+    assert config.upsampling.max_model_len == 4096
     assert config.upsampling.output_tokens == 300
-    assert config.upsampling.safe_resolution == "320x180"
+    assert config.upsampling.safe_resolution == (320, 180)
     assert config.sources == {}
 
 
@@ -36,21 +36,21 @@ def test_repo_config_toml_sets_every_known_key_validly(workdir):
 
 def test_precedence_flag_over_env_over_file_over_user_folder(workdir, isolated_user_state):
     user_file = isolated_user_state / "config.toml"
-    write(user_file, "[upsampling]\nmax_tokens = 1000\noutput_tokens = 7\n")
-    assert load_config().upsampling.max_tokens == 1000
+    write(user_file, "[upsampling]\nmax_model_len = 1000\noutput_tokens = 7\n")
+    assert load_config().upsampling.max_model_len == 1000
 
-    write(workdir / "config.toml", "[upsampling]\nmax_tokens = 2000\n")
+    write(workdir / "config.toml", "[upsampling]\nmax_model_len = 2000\n")
     config = load_config()
-    assert config.upsampling.max_tokens == 2000
+    assert config.upsampling.max_model_len == 2000
     assert config.upsampling.output_tokens == 7  # still from the user folder
     assert config.sources["upsampling.output_tokens"].startswith(str(isolated_user_state))
 
-    env = {"COSMOS_UPSAMPLING_MAX_TOKENS": "3000"}
-    assert load_config(environ=env).upsampling.max_tokens == 3000
+    env = {"COSMOS_UPSAMPLING_MAX_MODEL_LEN": "3000"}
+    assert load_config(environ=env).upsampling.max_model_len == 3000
 
-    config = load_config(environ=env, overrides={"upsampling.max_tokens": 4000})
-    assert config.upsampling.max_tokens == 4000
-    assert config.sources["upsampling.max_tokens"] == "flag --max-tokens"
+    config = load_config(environ=env, overrides={"upsampling.max_model_len": 4000})
+    assert config.upsampling.max_model_len == 4000
+    assert config.sources["upsampling.max_model_len"] == "flag --max-model-len"
 
 
 def test_explicit_config_file_replaces_cwd_file(workdir, tmp_path):
@@ -60,12 +60,12 @@ def test_explicit_config_file_replaces_cwd_file(workdir, tmp_path):
 
 
 def test_unknown_key_names_file_key_and_known_keys(workdir):
-    path = write(workdir / "config.toml", "[upsampling]\nmax_tokenz = 5\n")
+    path = write(workdir / "config.toml", "[upsampling]\nmax_model_lem = 5\n")
     with pytest.raises(ConfigError) as info:
         load_config()
     assert str(path) in info.value.message
-    assert "max_tokenz" in info.value.message
-    assert "max_tokens" in info.value.hint
+    assert "max_model_lem" in info.value.message
+    assert "max_model_len" in info.value.hint
     assert info.value.code == "config_unknown_key"
 
 
@@ -91,7 +91,7 @@ def test_bad_env_value_names_the_variable(workdir):
 
 def test_output_tokens_must_leave_room_in_the_context(workdir):
     with pytest.raises(ConfigError, match="output_tokens"):
-        load_config(overrides={"upsampling.max_tokens": 300})
+        load_config(overrides={"upsampling.max_model_len": 300})
 
 
 def test_relative_remote_dir_is_refused(workdir):
@@ -120,7 +120,7 @@ def test_config_show_json_reports_value_and_source(workdir, monkeypatch):
         "value": 2222,
         "source": "environment COSMOS_REMOTE_PORT",
     }
-    assert rows["upsampling.max_tokens"]["source"] == "default"
+    assert rows["upsampling.max_model_len"]["source"] == "default"
 
 
 def test_config_error_is_one_line_and_exit_2(workdir):
@@ -134,9 +134,100 @@ def test_config_error_is_one_line_and_exit_2(workdir):
 
 
 def test_config_error_as_json_envelope(workdir):
-    write(workdir / "config.toml", "[upsampling]\nframes_to_extract = 0\n")
+    write(workdir / "config.toml", "[upsampling]\nframe_count = 0\n")
     result = CliRunner().invoke(app, ["config", "show", "--json"])
     assert result.exit_code == 2
     error = json.loads(result.stdout)["error"]
     assert error["code"] == "config_bad_value"
-    assert "frames_to_extract" in error["message"]
+    assert "frame_count" in error["message"]
+
+
+# -- the seed project's key names --------------------------------------------------------------
+
+
+def test_seed_key_names_in_a_file_set_the_new_keys(workdir):
+    path = write(
+        workdir / "config.toml", "[upsampling]\nmax_tokens = 8192\nframes_to_extract = 3\n"
+    )
+    config = load_config()
+    assert config.upsampling.max_model_len == 8192
+    assert config.upsampling.frame_count == 3
+    assert config.sources["upsampling.max_model_len"] == f"{path} (as max_tokens)"
+    assert config.sources["upsampling.frame_count"] == f"{path} (as frames_to_extract)"
+    # One name per meaning: the old names are not attributes of the loaded config.
+    assert not hasattr(config.upsampling, "max_tokens")
+    assert not hasattr(config.upsampling, "frames_to_extract")
+
+
+def test_seed_key_names_in_the_environment_set_the_new_keys(workdir):
+    env = {"COSMOS_UPSAMPLING_MAX_TOKENS": "8192", "COSMOS_UPSAMPLING_FRAMES_TO_EXTRACT": "1"}
+    config = load_config(environ=env)
+    assert config.upsampling.max_model_len == 8192
+    assert config.upsampling.frame_count == 1
+    assert config.sources["upsampling.max_model_len"] == "environment COSMOS_UPSAMPLING_MAX_TOKENS"
+
+
+def test_seed_key_name_follows_the_usual_precedence(workdir, isolated_user_state):
+    write(isolated_user_state / "config.toml", "[upsampling]\nmax_model_len = 1000\n")
+    write(workdir / "config.toml", "[upsampling]\nmax_tokens = 2000\n")
+    assert load_config().upsampling.max_model_len == 2000
+    env = {"COSMOS_UPSAMPLING_MAX_MODEL_LEN": "3000"}
+    assert load_config(environ=env).upsampling.max_model_len == 3000
+
+
+def test_both_names_in_one_file_is_one_clear_error(workdir):
+    path = write(workdir / "config.toml", "[upsampling]\nmax_tokens = 4096\nmax_model_len = 8192\n")
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert info.value.message.startswith(str(path))
+    assert "max_tokens" in info.value.message and "max_model_len" in info.value.message
+    assert info.value.hint == "keep only max_model_len (max_tokens is its older name)"
+
+
+def test_both_names_in_the_environment_is_one_clear_error(workdir):
+    env = {"COSMOS_UPSAMPLING_FRAMES_TO_EXTRACT": "2", "COSMOS_UPSAMPLING_FRAME_COUNT": "3"}
+    with pytest.raises(ConfigError) as info:
+        load_config(environ=env)
+    assert "COSMOS_UPSAMPLING_FRAMES_TO_EXTRACT" in info.value.message
+    assert "COSMOS_UPSAMPLING_FRAME_COUNT" in info.value.message
+    assert "keep only COSMOS_UPSAMPLING_FRAME_COUNT" in info.value.hint
+
+
+def test_bad_value_under_a_seed_name_names_the_key_as_written(workdir):
+    write(workdir / "config.toml", "[upsampling]\nframes_to_extract = 0\n")
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert "[upsampling] frames_to_extract = 0 is not valid" in info.value.message
+    assert info.value.hint.startswith("frames_to_extract: the older name of frame_count")
+
+
+def test_config_show_names_the_seed_key_a_value_came_from(workdir):
+    path = write(workdir / "config.toml", "[upsampling]\nmax_tokens = 8192\n")
+    result = CliRunner().invoke(app, ["config", "show", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0
+    rows = {f"{r['section']}.{r['key']}": r for r in json.loads(result.stdout)["data"]["keys"]}
+    assert rows["upsampling.max_model_len"] == {
+        "section": "upsampling",
+        "key": "max_model_len",
+        "value": 8192,
+        "source": f"{path} (as max_tokens)",
+    }
+    assert "upsampling.max_tokens" not in rows
+
+
+# -- safe_resolution ---------------------------------------------------------------------------
+
+
+def test_safe_resolution_is_parsed_once_into_width_and_height(workdir):
+    write(workdir / "config.toml", '[upsampling]\nsafe_resolution = "640 X 360"\n')
+    size = load_config().upsampling.safe_resolution
+    assert (size.width, size.height) == (640, 360)
+    width, height = size
+    assert (width, height) == (640, 360)
+
+
+def test_config_show_prints_safe_resolution_as_written_in_a_config(workdir):
+    write(workdir / "config.toml", '[upsampling]\nsafe_resolution = "640×360"\n')
+    result = CliRunner().invoke(app, ["config", "show", "--json"], catch_exceptions=False)
+    rows = {f"{r['section']}.{r['key']}": r for r in json.loads(result.stdout)["data"]["keys"]}
+    assert rows["upsampling.safe_resolution"]["value"] == "640x360"

@@ -691,7 +691,7 @@ def _(w: World):
                 "too_long",
                 f"640×480 × 2 frames needs {count.prompt_tokens} prompt + 300 output = "
                 f"{count.prompt_tokens + 300} tokens, over max_model_len 4096",
-                "no frame size fits: shorten the prompt or raise [upsampling] max_tokens",
+                "no frame size fits: shorten the prompt or raise [upsampling] max_model_len",
             )
         },
     )
@@ -712,7 +712,7 @@ def _(w: World):
                 "too_long",
                 f"640×480 × 2 frames needs {count.prompt_tokens} prompt + 300 output = "
                 f"{count.prompt_tokens + 300} tokens, over max_model_len 4096",
-                "no frame size fits: shorten the prompt or raise [upsampling] max_tokens",
+                "no frame size fits: shorten the prompt or raise [upsampling] max_model_len",
             )
         },
     )
@@ -1371,7 +1371,7 @@ def _(w: World):
                 f"However, your prompt contains {engine_count} input tokens. Please reduce the "
                 "length of the input prompt.",
                 "the engine refused what the local count accepted: try a smaller "
-                "--max-resolution or a shorter prompt, and check [upsampling] max_tokens "
+                "--max-resolution or a shorter prompt, and check [upsampling] max_model_len "
                 "matches the engine; the same command again retries only failed items",
             )
         },
@@ -1584,7 +1584,7 @@ def test_hostile_text_travels_as_plain_data(case_name, world):
     elif prompt == "LONG":
         prompt = "A robot arm, 東京, 🤖; " * 4096  # 100 KB of UTF-8
         assert len(prompt.encode("utf-8")) >= 100_000
-        world.configure(extra={"upsampling": {"max_tokens": 131072}})
+        world.configure(extra={"upsampling": {"max_model_len": 131072}})
     name = name.replace("CANARY_NAME", world.canary.name)
     output_name = output_name.replace("CANARY_NAME", world.canary.name)
     spec = world.spec(name, file_name="input.json", prompt=prompt)

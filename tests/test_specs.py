@@ -185,6 +185,105 @@ def test_seed_video_falls_back_to_the_current_directory(tmp_path, workdir):
     assert load_spec(spec_path).video == in_cwd.resolve()
 
 
+# --- [paths] local_videos_dir: the last place a relative path is looked for -------------------
+
+
+def test_relative_video_not_beside_the_spec_is_found_in_the_videos_folder(tmp_path, workdir):
+    video = touch(workdir / "inputs" / "videos" / "robot.mp4")
+    edge = touch(workdir / "inputs" / "videos" / "robot_edge.mp4")
+    spec_path = write_json(
+        tmp_path / "specs" / "s.json",
+        {
+            "id": "x",
+            "prompt": "p",
+            "input_video_path": "robot.mp4",
+            "control_inputs": {"edge": "robot_edge.mp4"},
+        },
+    )
+
+    # A relative videos folder is relative to the current directory.
+    spec = load_spec(spec_path, videos_dir="inputs/videos")
+
+    assert spec.video == video.resolve()
+    assert spec.video_error is None
+    assert spec.control_inputs == {"edge": str(edge.resolve())}
+    assert load_specs([spec_path.parent], videos_dir="inputs/videos")[0][0].video == spec.video
+
+
+def test_without_a_videos_folder_no_extra_place_is_looked_in(tmp_path, workdir):
+    touch(workdir / "inputs" / "videos" / "robot.mp4")
+    spec_path = write_json(
+        tmp_path / "specs" / "s.json", {"id": "x", "prompt": "p", "input_video_path": "robot.mp4"}
+    )
+
+    error = load_spec(spec_path, videos_dir=None).video_error
+
+    assert error.code == "video_not_found"
+    assert "inputs" not in error.message
+    assert "local_videos_dir" not in error.hint
+
+
+def test_video_beside_the_spec_wins_over_the_videos_folder(tmp_path, workdir):
+    beside = touch(tmp_path / "specs" / "robot.mp4")
+    videos = tmp_path / "videos"
+    touch(videos / "robot.mp4")
+    spec_path = write_json(
+        tmp_path / "specs" / "s.json", {"id": "x", "prompt": "p", "input_video_path": "robot.mp4"}
+    )
+
+    assert load_spec(spec_path, videos_dir=videos).video == beside.resolve()
+
+
+def test_missing_video_error_names_every_place_including_the_videos_folder(tmp_path, workdir):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    spec_path = write_json(
+        tmp_path / "specs" / "s.json", {"id": "x", "prompt": "p", "input_video_path": "robot.mp4"}
+    )
+
+    error = load_spec(spec_path, videos_dir=videos).video_error
+
+    assert error.code == "video_not_found"
+    looked = error.message.split("looked in: ", 1)[1].split(", ")
+    assert looked == [
+        str(tmp_path / "specs" / "robot.mp4"),
+        str(workdir / "robot.mp4"),
+        str(videos / "robot.mp4"),
+    ]
+    assert "[paths] local_videos_dir" in error.hint
+
+
+def test_absolute_video_path_is_never_looked_up_in_the_videos_folder(tmp_path, workdir):
+    videos = tmp_path / "videos"
+    touch(videos / "robot.mp4")
+    gone = tmp_path / "elsewhere" / "robot.mp4"
+    spec_path = write_json(
+        tmp_path / "specs" / "s.json", {"id": "x", "prompt": "p", "input_video_path": str(gone)}
+    )
+
+    spec = load_spec(spec_path, videos_dir=videos)
+
+    assert spec.video is None
+    assert spec.video_error.message.endswith(f"not found; looked in: {gone}")
+    assert "local_videos_dir" not in spec.video_error.hint
+
+
+def test_output_spec_points_at_the_video_found_in_the_videos_folder(tmp_path, workdir):
+    video = touch(tmp_path / "videos" / "robot.mp4")
+    spec_path = write_json(
+        tmp_path / "specs" / "s.json", {"id": "x", "prompt": "p", "input_video_path": "robot.mp4"}
+    )
+    out = tmp_path / "out"
+
+    written = write_spec(
+        out / "s.json",
+        upsampled_spec(load_spec(spec_path, videos_dir=tmp_path / "videos"), "t", out_dir=out),
+    )
+
+    assert json.loads(written.read_text())["input_video_path"] == "../videos/robot.mp4"
+    assert load_spec(written).video == video.resolve()
+
+
 def test_missing_seed_video_lists_spec_folder_and_current_directory(tmp_path, workdir):
     spec_path = write_json(
         tmp_path / "specs" / "s.json", {"id": "x", "prompt": "p", "input_video_path": "v.mp4"}

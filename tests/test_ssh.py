@@ -8,13 +8,16 @@ import subprocess
 import threading
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from cosmos_workflow.config import SCHEMA, load_config
 from cosmos_workflow.errors import HostKeyError, RemoteCommandError, SSHError
 from cosmos_workflow.remote.base import ShellCommand
-from cosmos_workflow.remote.ssh import Connection, host_key_fingerprint, trust_host
+from cosmos_workflow.remote.ssh import Connection, HostSettings, host_key_fingerprint, trust_host
+from cosmos_workflow.workflows import WorkflowOrchestrator
 
 pytestmark = pytest.mark.ssh
 
@@ -191,6 +194,30 @@ def test_port_that_never_speaks_ssh_times_out(sshd):
         with pytest.raises(SSHError) as caught:
             Connection(sshd.settings(port=silent.getsockname()[1], connect_timeout_s=0.5)).connect()
     assert caught.value.code == "connect_timeout"
+    assert time.monotonic() - start < 3
+
+
+def test_connect_timeout_has_one_default_the_configs(workdir):
+    (workdir / "config.toml").write_text("[remote]\nhost = 'gpu-box'\n")
+    default = SCHEMA["remote"]["connect_timeout_s"].default
+    assert WorkflowOrchestrator(load_config()).host_settings().connect_timeout_s == default
+    with pytest.raises(TypeError, match="connect_timeout_s"):
+        HostSettings("gpu-box")  # no second, differing default in the ssh module
+
+
+def test_configured_connect_timeout_is_what_the_connection_waits(workdir):
+    (workdir / "config.toml").write_text("[remote]\nhost = '127.0.0.1'\nconnect_timeout_s = 0.5\n")
+    settings = WorkflowOrchestrator(load_config()).host_settings()
+    assert settings.connect_timeout_s == 0.5
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # the kernel accepts; nobody ever sends a banner
+        settings = replace(settings, port=silent.getsockname()[1])
+        start = time.monotonic()
+        with pytest.raises(SSHError) as caught:
+            Connection(settings).connect()
+    assert caught.value.code == "connect_timeout"
+    assert "within 0.5 s" in caught.value.message
     assert time.monotonic() - start < 3
 
 

@@ -11,7 +11,7 @@ import os
 import shlex
 import socket
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import paramiko
@@ -28,6 +28,9 @@ class HostSettings:
     `host` may be an alias from the ssh config file (`ssh_config`, default ~/.ssh/config):
     its HostName, User, Port and IdentityFile apply unless given here. `known_hosts` defaults
     to ~/.ssh/known_hosts. `host_key_policy` is "strict" or "accept-new".
+
+    `connect_timeout_s` (TCP connect, SSH banner, handshake and auth, each) has no default
+    here: its one default is `[remote] connect_timeout_s` in the config, which callers pass.
     """
 
     host: str
@@ -36,7 +39,7 @@ class HostSettings:
     ssh_key: Path | None = None
     known_hosts: Path | None = None
     host_key_policy: str = hostkeys.STRICT
-    connect_timeout_s: float = 10.0
+    connect_timeout_s: float = field(kw_only=True)
     keepalive_s: int = 30
     ssh_config: Path | None = None
 

@@ -93,7 +93,7 @@ def _fetch_host_key(settings: HostSettings) -> tuple[ResolvedHost, paramiko.PKey
 class Connection(SFTPOperations):
     """One SSH connection to one host, opened on first use.
 
-    >>> with Connection(HostSettings("gpu-box")) as conn:
+    >>> with Connection(HostSettings("gpu-box", connect_timeout_s=15.0)) as conn:
     ...     conn.run(["nvidia-smi", "-L"]).stdout
 
     Remote paths everywhere are absolute POSIX paths; `~` is never expanded.

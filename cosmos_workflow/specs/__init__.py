@@ -20,7 +20,11 @@ Where a relative media path (`input_video_path`, a control input) is looked for,
    paths are relative to the checkout (transfer.py runs from there), not to the JSON file. The
    checkout is the nearest folder above the spec that holds a `cosmos_transfer1/` package, and
    the folder above the path's own first component when the spec sits inside it (a spec in
-   `<checkout>/assets/` naming `assets/clip.mp4` finds `<checkout>/assets/clip.mp4`).
+   `<checkout>/assets/` naming `assets/clip.mp4` finds `<checkout>/assets/clip.mp4`);
+4. in the videos folder the loader is given (`videos_dir`: the orchestrator passes
+   `[paths] local_videos_dir`, itself relative to the current directory when relative).
+
+An absolute path is only ever looked for where it points.
 
 The first existing file wins; when none exists the error names every place looked. A missing
 video does not stop a spec from loading: `PromptSpec.video` is None and `video_error` says why,

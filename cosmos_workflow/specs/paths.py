@@ -37,11 +37,18 @@ def checkout_roots(spec_dir: Path, relative: PurePosixPath) -> list[Path]:
 
 
 def resolve_media(
-    text: str, *, key: str, spec_path: Path | None, spec_format: SpecFormat
+    text: str,
+    *,
+    key: str,
+    spec_path: Path | None,
+    spec_format: SpecFormat,
+    videos_dir: Path | None = None,
 ) -> tuple[Path | None, SpecError | None]:
     """(absolute existing path, None) or (None, why not); the order is in the package docstring.
 
     `spec_path` None means a path given on the command line: relative to the current folder.
+    `videos_dir` (`[paths] local_videos_dir`; relative to the current folder when relative) is
+    the last place a relative path is looked for; None: no such place.
     """
     where = f"{spec_path}: " if spec_path is not None else ""
     if not text.strip():
@@ -70,6 +77,8 @@ def resolve_media(
         if spec_format is SpecFormat.NVIDIA and spec_path is not None:
             posix = PurePosixPath(written.as_posix())
             candidates += [root / written for root in checkout_roots(spec_dir, posix)]
+        if videos_dir is not None:
+            candidates.append(Path(videos_dir) / written)
     looked: list[Path] = []
     not_files: list[Path] = []  # exist, but are folders, devices, pipes or sockets
     for candidate in candidates:
@@ -108,6 +117,8 @@ def resolve_media(
         rule = "NVIDIA specs name paths relative to the cosmos-transfer1 checkout"
     else:
         rule = "seed specs name paths relative to the spec file"
+    if videos_dir is not None and not written.is_absolute():
+        rule += ", else to [paths] local_videos_dir"
     return None, SpecError(
         f"{where}{key} {text!r} not found; looked in: {', '.join(map(str, looked))}",
         f"{rule}; fix the path or put the file in one of those places",

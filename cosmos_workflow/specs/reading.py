@@ -210,12 +210,14 @@ def _spec_format(obj: dict) -> SpecFormat:
     return SpecFormat.SEED if SEED_ONLY_KEYS & obj.keys() else SpecFormat.NVIDIA
 
 
-def load_spec(path: Path) -> PromptSpec:
+def load_spec(path: Path, *, videos_dir: Path | str | None = None) -> PromptSpec:
     """Read and validate one spec file; raises `SpecError` (path + one-line reason) if broken.
 
     A video or control input that cannot be found does not raise: it is reported in
-    `video_error` / `control_errors`.
+    `video_error` / `control_errors`. `videos_dir` (`[paths] local_videos_dir`) is one more
+    place relative media paths are looked for, after the others; None: none.
     """
+    videos_dir = Path(videos_dir) if videos_dir is not None else None
     path = Path(os.path.abspath(path))
     obj = _read_json(path)
     if obj.get("kind") == RUN_RECORD_KIND:
@@ -263,13 +265,21 @@ def load_spec(path: Path) -> PromptSpec:
         )
     else:
         video, video_error = resolve_media(
-            video_text, key="input_video_path", spec_path=path, spec_format=spec_format
+            video_text,
+            key="input_video_path",
+            spec_path=path,
+            spec_format=spec_format,
+            videos_dir=videos_dir,
         )
     controls: dict[str, str] = {}
     control_errors: dict[str, SpecError] = {}
     for control, text in written_controls.items():
         found, error = resolve_media(
-            text, key=f"control input {control!r}", spec_path=path, spec_format=spec_format
+            text,
+            key=f"control input {control!r}",
+            spec_path=path,
+            spec_format=spec_format,
+            videos_dir=videos_dir,
         )
         controls[control] = str(found) if found is not None else text
         if error is not None:
@@ -302,7 +312,11 @@ def _spec_files(folder: Path, recursive: bool) -> list[Path]:
 
 
 def load_specs(
-    inputs: list[Path], *, recursive: bool = False, passed_over: list[dict] | None = None
+    inputs: list[Path],
+    *,
+    recursive: bool = False,
+    passed_over: list[dict] | None = None,
+    videos_dir: Path | str | None = None,
 ) -> tuple[list[PromptSpec], list[SpecError]]:
     """Load spec files and folders of specs (`*.json`; `recursive=True` descends).
 
@@ -312,7 +326,8 @@ def load_specs(
 
     In folders, files cosmos wrote are not inputs: its run records (run.json, runs/*.json) and
     the outputs its ledger lists (`specs.outputs`). They are appended to `passed_over` as
-    `{"path", "reason"}`. A file named on its own is always an input.
+    `{"path", "reason"}`. A file named on its own is always an input. `videos_dir`: as in
+    `load_spec`.
     """
     specs: list[PromptSpec] = []
     errors: list[SpecError] = []
@@ -356,7 +371,7 @@ def load_specs(
                     passed_over.append({"path": str(file), "reason": reason})
                     continue
             try:
-                specs.append(load_spec(file))
+                specs.append(load_spec(file, videos_dir=videos_dir))
             except SpecError as exc:
                 if exc.code == "run_record" and file is not item:
                     passed_over.append({"path": str(file), "reason": "a cosmos run record"})

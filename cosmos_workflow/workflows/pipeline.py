@@ -158,7 +158,7 @@ class UpsamplePipeline:
         if max_resolution is not None:
             resolution = Resolution.parse(max_resolution)
         elif preprocess_videos:
-            width, height = self.preflight.config.frame_size()
+            width, height = self.preflight.config.upsampling.safe_resolution
             resolution = Resolution("box", width, height)
         else:
             resolution = Resolution("source")
@@ -291,7 +291,7 @@ def _budget_error(check: CheckItem) -> dict:
             "use --preprocess-videos or --max-resolution auto"
         )
     else:
-        hint = "no frame size fits: shorten the prompt or raise [upsampling] max_tokens"
+        hint = "no frame size fits: shorten the prompt or raise [upsampling] max_model_len"
     return {
         "code": check.verdict,
         "message": (
@@ -321,7 +321,7 @@ def _engine_item_error(engine_error: dict) -> dict:
         (
             "engine_rejected",
             "the engine refused what the local count accepted: try a smaller "
-            "--max-resolution or a shorter prompt, and check [upsampling] max_tokens "
+            "--max-resolution or a shorter prompt, and check [upsampling] max_model_len "
             "matches the engine; the same command again retries only failed items",
         ),
     )

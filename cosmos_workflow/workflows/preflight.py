@@ -131,6 +131,7 @@ class Preflight:
         """
         specs: list[PromptSpec] = []
         errors: list[CosmosError] = []
+        videos_dir = self.config.paths.local_videos_dir or None
         for path in inputs or self.default_inputs():
             path = Path(path)
             try:
@@ -145,12 +146,14 @@ class Preflight:
                 )
                 continue
             if is_dir:
-                found, errs = load_specs([path], recursive=recursive, passed_over=passed_over)
+                found, errs = load_specs(
+                    [path], recursive=recursive, passed_over=passed_over, videos_dir=videos_dir
+                )
                 specs.extend(found)
                 errors.extend(errs)
             elif path.suffix.lower() == ".json":
                 try:
-                    specs.append(load_spec(path))
+                    specs.append(load_spec(path, videos_dir=videos_dir))
                 except CosmosError as exc:
                     errors.append(exc)
             elif exists:
@@ -190,9 +193,9 @@ class Preflight:
         """The run's budget: the values given, the config's for the others."""
         up = self.config.upsampling
         return Budget(
-            max_model_len=max_model_len or up.max_tokens,
+            max_model_len=max_model_len or up.max_model_len,
             output_tokens=up.output_tokens if output_tokens is None else output_tokens,
-            frame_count=frame_count or up.frames_to_extract,
+            frame_count=frame_count or up.frame_count,
         )
 
     def check_specs(

@@ -1,19 +1,8 @@
-"""Configuration: `config.toml` + environment → frozen dataclasses, validated once.
+"""The config's shape: sections, keys, their parsers, defaults and meaning, and `Config`.
 
-Precedence, highest first:
-
-1. command-line flags (passed in as `overrides`),
-2. `COSMOS_<SECTION>_<KEY>` environment variables (e.g. `COSMOS_UPSAMPLING_MAX_TOKENS=8192`),
-3. the file given with `--config FILE`, else `./config.toml`,
-4. `config.toml` in the user config folder (`$COSMOS_USER_DIR`, else the platform convention:
-   `$XDG_CONFIG_HOME/cosmos-workflow` or `~/.config/cosmos-workflow` on Linux,
-   `~/Library/Application Support/cosmos-workflow` on macOS, `%APPDATA%\\cosmos-workflow` on
-   Windows),
-5. built-in defaults (the `Field` table below).
-
-Every key has one definition below: its type, default and meaning. Config keys equal dataclass
-field names. Unknown keys, wrong types and bad values raise `ConfigError` naming the source (file,
-environment variable or flag), the key and what is expected.
+Every key has one definition here (`SCHEMA`): its type, default and meaning. Config keys equal
+dataclass field names. `ALIASES` lists the seed project's older key names that loading still
+accepts (`load.py` maps them); the `Config` object only has the names below.
 """
 
 from __future__ import annotations
@@ -22,23 +11,12 @@ import dataclasses
 import math
 import os
 import re
-import stat
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from .errors import ConfigError
-from .sizing import parse_size
+from ..sizing import parse_size
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
-
-APP_NAME = "cosmos-workflow"
-ENV_PREFIX = "COSMOS_"
 # What a POSIX shell accepts as a variable name (the worker's environment is set through one).
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -158,12 +136,21 @@ def _as_path(value: Any) -> str:
     return os.path.expanduser(_as_str(value))
 
 
-def _as_size(value: Any) -> str:
+class FrameSize(NamedTuple):
+    """A frame size in pixels; `str()` gives the config's own spelling, "320x180"."""
+
+    width: int
+    height: int
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+def _as_size(value: Any) -> FrameSize:
     try:
-        width, height = parse_size(_as_str(value))
+        return FrameSize(*parse_size(_as_str(value)))
     except ValueError:
         raise ValueError('a frame size like "320x180"') from None
-    return f"{width}x{height}"
 
 
 def _as_env(value: Any) -> dict:
@@ -208,6 +195,8 @@ class Field:
     parse: Callable[[Any], Any]
     default: Any
     doc: str
+    # How `config show` prints the value: as it would be written in config.toml.
+    show: Callable[[Any], Any] = lambda value: value
 
 
 SCHEMA: dict[str, dict[str, Field]] = {
@@ -319,16 +308,23 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "env": Field(_as_env, {}, "extra environment variables for the worker, a TOML table"),
     },
     "upsampling": {
-        "max_tokens": Field(
-            _as_positive_int, 4096, "the upsampler's max_model_len (prompt + output tokens)"
+        "max_model_len": Field(
+            _as_positive_int,
+            4096,
+            "the upsampler's context size in tokens: prompt plus output (vLLM's max_model_len)",
         ),
         "output_tokens": Field(
-            _as_positive_int, 300, "room kept for the upsampled text (NVIDIA's max_tokens)"
+            _as_positive_int,
+            300,
+            "room kept for the upsampled text (vLLM's sampling max_tokens; NVIDIA: 300)",
         ),
         "safe_resolution": Field(
-            _as_size, "320x180", "frame size used when a clip must be resized and none is given"
+            _as_size,
+            FrameSize(320, 180),
+            "frame size used when a clip must be resized and none is given",
+            show=str,
         ),
-        "frames_to_extract": Field(
+        "frame_count": Field(
             _as_positive_int, 2, "first frames of each clip the model sees (NVIDIA: 2)"
         ),
         "auto_resize": Field(
@@ -342,6 +338,13 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "binary": Field(_as_str, "ffmpeg", "ffmpeg executable (name on PATH or a path)"),
         "ffprobe": Field(_as_str, "ffprobe", "ffprobe executable (name on PATH or a path)"),
     },
+}
+
+# The seed project's key names, still accepted when loading (file keys and COSMOS_* variables):
+# (section, old key) -> key. Giving both names in one place is an error.
+ALIASES: dict[tuple[str, str], str] = {
+    ("upsampling", "max_tokens"): "max_model_len",
+    ("upsampling", "frames_to_extract"): "frame_count",
 }
 
 
@@ -395,9 +398,6 @@ class Config:
     def get(self, section: str, key: str) -> Any:
         return getattr(getattr(self, section), key)
 
-    def frame_size(self) -> tuple[int, int]:
-        return parse_size(self.upsampling.safe_resolution)
-
     def remote_root(self) -> str:
         """Absolute POSIX folder on the host that holds our worker, cache and jobs."""
         return self.paths.remote_dir.rstrip("/") + "/cosmos_workflow"
@@ -411,198 +411,9 @@ class Config:
             {
                 "section": section,
                 "key": key,
-                "value": self.get(section, key),
+                "value": spec.show(self.get(section, key)),
                 "source": self.sources.get(f"{section}.{key}", "default"),
             }
             for section, keys in SCHEMA.items()
-            for key in keys
+            for key, spec in keys.items()
         ]
-
-
-# --- loading ---------------------------------------------------------------------------------
-
-
-def user_config_dir() -> Path:
-    """The per-user folder (`COSMOS_USER_DIR` overrides it, which tests use for isolation)."""
-    if override := os.environ.get("COSMOS_USER_DIR"):
-        return Path(override)
-    if sys.platform == "win32":
-        return Path(os.environ.get("APPDATA", Path.home() / "AppData" / "Roaming")) / APP_NAME
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / APP_NAME
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / APP_NAME
-
-
-def user_cache_dir() -> Path:
-    if override := os.environ.get("COSMOS_USER_DIR"):
-        return Path(override) / "cache"
-    if sys.platform == "win32":
-        local = os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local")
-        return Path(local) / APP_NAME / "cache"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / APP_NAME
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / APP_NAME
-
-
-# A config file is a few hundred bytes; /dev/zero given as --config is not one.
-_MAX_CONFIG_BYTES = 1024 * 1024
-
-
-def _read_toml(path: Path) -> dict:
-    try:
-        with open(path, "rb", opener=_open_nonblocking) as f:
-            if stat.S_ISFIFO(os.fstat(f.fileno()).st_mode):
-                raise ConfigError(
-                    f"config file {path} is a named pipe, not a file",
-                    "point --config at a config.toml (see config.toml in the repo)",
-                )
-            # Bounded: /dev/zero (or a huge file) must not be read whole. /dev/null stays fine.
-            data = f.read(_MAX_CONFIG_BYTES + 1)
-        if len(data) > _MAX_CONFIG_BYTES:
-            raise ConfigError(
-                f"config file {path} is over {_MAX_CONFIG_BYTES} bytes: too large for a config",
-                "point --config at a config.toml (see config.toml in the repo)",
-            )
-        return tomllib.loads(data.decode("utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist", "check the --config path") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(
-            f"{path} is not valid TOML: {exc}", "fix the syntax (see config.toml in the repo)"
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{path} is not valid TOML: not UTF-8 text (byte {exc.start})",
-            "save the file as UTF-8 (TOML files must be UTF-8)",
-        ) from None
-    except RecursionError:  # tomllib recurses once per nested array or inline table
-        raise ConfigError(
-            f"{path} is not valid TOML for a config: nested too deeply",
-            "fix the syntax (see config.toml in the repo)",
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-
-
-def _open_nonblocking(path: str, flags: int) -> int:
-    """Open without blocking on a named pipe (no writer), so it can be refused by its type."""
-    fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
-    if hasattr(os, "O_NONBLOCK"):
-        os.set_blocking(fd, True)
-    return fd
-
-
-def _apply(values: dict, section: str, key: str, raw: Any, origin: str, sources: dict) -> None:
-    if section not in SCHEMA:
-        raise ConfigError(
-            f"{origin}: unknown section [{section}]",
-            "known sections: " + ", ".join(SCHEMA),
-            code="config_unknown_key",
-        )
-    spec = SCHEMA[section].get(key)
-    if spec is None:
-        raise ConfigError(
-            f"{origin}: unknown key '{key}' in [{section}]",
-            f"keys in [{section}]: " + ", ".join(SCHEMA[section]),
-            code="config_unknown_key",
-        )
-    try:
-        value = spec.parse(raw)
-    except ValueError as exc:
-        raise ConfigError(
-            f"{origin}: [{section}] {key} = {raw!r} is not valid; expected {exc}",
-            f"{key}: {spec.doc}",
-            code="config_bad_value",
-        ) from None
-    values[section][key] = value
-    sources[f"{section}.{key}"] = origin
-
-
-def _apply_file(path: Path, values: dict, sources: dict) -> None:
-    data = _read_toml(path)
-    for section, table in data.items():
-        if not isinstance(table, dict):
-            raise ConfigError(
-                f"{path}: '{section}' must be a [section] table",
-                "known sections: " + ", ".join(SCHEMA),
-                code="config_unknown_key",
-            )
-        for key, raw in table.items():
-            _apply(values, section, key, raw, str(path), sources)
-
-
-def load_config(
-    config_file: str | os.PathLike | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    *,
-    environ: Mapping[str, str] | None = None,
-    cwd: str | os.PathLike | None = None,
-) -> Config:
-    """Build the effective `Config`.
-
-    `overrides` maps `"section.key"` to a value from a command-line flag (None means "not
-    given"). `environ` and `cwd` default to the process's own.
-    """
-    environ = os.environ if environ is None else environ
-    cwd = Path.cwd() if cwd is None else Path(cwd)
-    values: dict[str, dict[str, Any]] = {s: {} for s in SCHEMA}
-    sources: dict[str, str] = {}
-    files: list[str] = []
-
-    user_file = user_config_dir() / "config.toml"
-    if user_file.is_file():
-        _apply_file(user_file, values, sources)
-        files.append(str(user_file))
-
-    project_file = Path(config_file) if config_file else cwd / "config.toml"
-    if config_file or project_file.is_file():
-        _apply_file(project_file, values, sources)
-        files.append(str(project_file))
-
-    for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in ("COSMOS_USER_DIR", "COSMOS_DEBUG"):
-            continue
-        rest = name[len(ENV_PREFIX) :].lower()
-        section = next((s for s in SCHEMA if rest.startswith(s + "_")), None)
-        if section is None:
-            continue  # other COSMOS_* variables (e.g. COSMOS_ENGINE_PYTHON) are not config
-        _apply(values, section, rest[len(section) + 1 :], raw, f"environment {name}", sources)
-
-    for dotted, raw in (overrides or {}).items():
-        if raw is None:
-            continue
-        section, key = dotted.split(".", 1)
-        flag = "--" + key.replace("_", "-")
-        _apply(values, section, key, raw, f"flag {flag}", sources)
-
-    sections = {}
-    for section, cls in _SECTION_CLASSES.items():
-        merged = {key: spec.default for key, spec in SCHEMA[section].items()}
-        merged.update(values[section])
-        if isinstance(merged.get("known_hosts"), str):
-            merged["known_hosts"] = os.path.expanduser(merged["known_hosts"])
-        sections[section] = cls(**merged)
-
-    config = Config(**sections, sources=sources, files=tuple(files))
-    _validate(config)
-    return config
-
-
-def _validate(config: Config) -> None:
-    """Checks that involve more than one key."""
-    up = config.upsampling
-    if up.output_tokens >= up.max_tokens:
-        raise ConfigError(
-            f"[upsampling] output_tokens ({up.output_tokens}) must be smaller than "
-            f"max_tokens ({up.max_tokens})",
-            "max_tokens is the model's whole context: prompt plus output",
-            code="config_bad_value",
-        )
-    if not config.paths.remote_dir.startswith("/"):
-        raise ConfigError(
-            f"[paths] remote_dir = {config.paths.remote_dir!r} must be an absolute POSIX path",
-            'e.g. remote_dir = "/home/ubuntu/cosmos-transfer1" (no ~: it is not expanded)',
-            code="config_bad_value",
-        )
