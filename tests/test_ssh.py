@@ -200,14 +200,14 @@ def test_port_that_never_speaks_ssh_times_out(sshd):
 def test_connect_timeout_has_one_default_the_configs(workdir):
     (workdir / "config.toml").write_text("[remote]\nhost = 'gpu-box'\n")
     default = SCHEMA["remote"]["connect_timeout_s"].default
-    assert WorkflowOrchestrator(load_config()).host_settings().connect_timeout_s == default
+    assert WorkflowOrchestrator(load_config()).gpu_host.host_settings().connect_timeout_s == default
     with pytest.raises(TypeError, match="connect_timeout_s"):
         HostSettings("gpu-box")  # no second, differing default in the ssh module
 
 
 def test_configured_connect_timeout_is_what_the_connection_waits(workdir):
     (workdir / "config.toml").write_text("[remote]\nhost = '127.0.0.1'\nconnect_timeout_s = 0.5\n")
-    settings = WorkflowOrchestrator(load_config()).host_settings()
+    settings = WorkflowOrchestrator(load_config()).gpu_host.host_settings()
     assert settings.connect_timeout_s == 0.5
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
