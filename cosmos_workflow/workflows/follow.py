@@ -14,7 +14,6 @@ from ..errors import CosmosError, SSHError, WorkerError
 from ..remote import jobctl
 from ..remote.base import ShellCommand
 from ..remote.runner import sudo_password_error
-from ..remote.transfer import storage_problem
 from .jobs import parse_progress
 
 # SSH failures worth a reconnect: the network, not the settings (host keys, auth, paths).
@@ -122,6 +121,8 @@ def follow_worker(
     if sudo_error is not None:
         return sudo_error
     # A worker that cannot write its results or exit code looks killed: ask the disk first.
+    from ..remote.transfer import storage_problem  # here: paramiko is slow to import
+
     disk = storage_problem(conn, job_dir)
     if disk is not None:
         return WorkerError(

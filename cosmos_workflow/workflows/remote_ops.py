@@ -13,7 +13,6 @@ from ..fsutil import sha256_file
 from ..remote import jobctl
 from ..remote import runner as runners
 from ..remote.base import ShellCommand
-from ..remote.transfer import storage_problem
 from .jobs import parse_check_report
 
 
@@ -64,6 +63,8 @@ class RemoteMixin:
         )
         result = conn.run(ShellCommand(command), check=False)
         if result.exit_code != 0:
+            from ..remote.transfer import storage_problem  # here: paramiko is slow to import
+
             problem = storage_problem(conn, root, 0, result.stderr)
             if problem is not None:
                 raise problem

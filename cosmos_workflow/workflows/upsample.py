@@ -17,7 +17,6 @@ from ..errors import CosmosError, MediaError, SpecError, SSHError
 from ..fsutil import atomic_write_json
 from ..remote import jobctl
 from ..remote import runner as runners
-from ..remote.transfer import upload_to_cache
 from ..sizing import Budget, Resolution
 from ..specs import output_names
 from .follow import follow_worker, reconnecting
@@ -249,6 +248,9 @@ class UpsampleMixin:
         only what the host's cache still lacks, the stream resumes where it stopped.
         With `launch=False` nothing is uploaded or started: only the job's results are read.
         """
+        # Imported here: paramiko (under transfer) costs ~0.2 s, which `check` need not pay.
+        from ..remote.transfer import upload_to_cache
+
         root = runner.root
         job_dir = jobctl.job_dir(root, record.job_id)
         frames = {}
