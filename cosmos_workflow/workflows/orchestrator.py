@@ -12,11 +12,13 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from .. import media
+from .. import media, tokens
 from ..config import Config, load_config, user_cache_dir
 from .remote_ops import RemoteMixin
 from .resolution import ResolutionMixin
 from .upsample import UpsampleMixin
+
+TOKEN_COUNTS_FILE = "token-counts.json"
 
 
 class WorkflowOrchestrator(ResolutionMixin, UpsampleMixin, RemoteMixin):
@@ -28,6 +30,8 @@ class WorkflowOrchestrator(ResolutionMixin, UpsampleMixin, RemoteMixin):
 
     def __init__(self, config: Config | None = None):
         self.config = config or load_config()
+        # Counts made before are read back instead of loading the tokenizer (~1.5 s).
+        tokens.use_count_cache(self.cache_dir / TOKEN_COUNTS_FILE)
 
     @cached_property
     def ffmpeg(self) -> str:
