@@ -14,18 +14,28 @@ Images are counted from their size alone (mistral_common's own `_image_to_num_to
 re-stated here so no pixels and no OpenCV are needed); tests/test_tokens.py proves the count
 equal to `encode_chat_completion` on real images over a grid of sizes, frame counts and prompts.
 
-Pure functions. The only I/O is loading the tokenizer file, once per process, on first use.
+Pure functions. The only I/O is loading the tokenizer file, once per process, on first use —
+and, when the caller names one (`use_count_cache`), a small file of counts already made: a
+repeat count of the same text, with the same tokenizer file and mistral-common version, is read
+from it and the tokenizer (~1.5 s to load) is not loaded at all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
+import importlib.util
+import json
 import math
+import os
+import threading
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 from .errors import CosmosError
+from .fsutil import atomic_write_json
 
 # NVIDIA's upsampler replaces an empty prompt with this text (cosmos_transfer1
 # auxiliary/upsampler/model/upsampler.py); we also replace a whitespace-only one.
@@ -68,10 +78,19 @@ class _ImageRule:
 
 
 def tokenizer_path() -> Path:
-    """Path of Pixtral's tokenizer file inside the installed mistral-common package."""
-    import mistral_common
+    """Path of Pixtral's tokenizer file inside the installed mistral-common package.
 
-    return Path(mistral_common.__file__).resolve().parent / "data" / TOKENIZER_FILE
+    Found without importing mistral_common (its import alone costs ~0.05 s).
+    """
+    spec = importlib.util.find_spec("mistral_common")
+    if spec is None or not spec.submodule_search_locations:
+        raise CosmosError(
+            "mistral-common is not installed",
+            "reinstall the tool's dependencies (pip install -U mistral-common)",
+            code="tokenizer_missing",
+        )
+    package = Path(next(iter(spec.submodule_search_locations))).resolve()
+    return package / "data" / TOKENIZER_FILE
 
 
 @functools.cache
@@ -92,14 +111,19 @@ def _tokenizer():
 
 @functools.cache
 def _image_rule() -> _ImageRule:
+    stored = _counts().image_rule()
+    if stored is not None:
+        return stored
     encoder = _tokenizer().instruct_tokenizer.image_encoder
     if encoder is None:  # a text-only tokenizer file: cannot be Pixtral's
         raise CosmosError(f"{TOKENIZER_FILE} has no image configuration", code="tokenizer_missing")
     config = encoder.image_config
-    return _ImageRule(
+    rule = _ImageRule(
         cell_px=config.image_patch_size * config.spatial_merge_size,
         max_image_size=config.max_image_size,
     )
+    _counts().remember(image_rule=rule)
+    return rule
 
 
 def max_image_size() -> int:
@@ -146,13 +170,20 @@ def text_tokens(prompt: str) -> int:
     """Tokens of the prompt text plus the chat frame (BOS, [INST], [/INST]).
 
     An empty or whitespace-only prompt counts as DEFAULT_PROMPT. Encoded with mistral_common's
-    own chat encoder (a text-only request), so the frame is not hard-coded here.
+    own chat encoder (a text-only request), so the frame is not hard-coded here; a count made
+    before is read from the count cache (`use_count_cache`), when there is one.
     """
+    text = effective_prompt(prompt)
+    stored = _counts().text(text)
+    if stored is not None:
+        return stored
     from mistral_common.protocol.instruct.messages import UserMessage
     from mistral_common.protocol.instruct.request import ChatCompletionRequest
 
-    request = ChatCompletionRequest(messages=[UserMessage(content=effective_prompt(prompt))])
-    return len(_tokenizer().encode_chat_completion(request).tokens)
+    request = ChatCompletionRequest(messages=[UserMessage(content=text)])
+    count = len(_tokenizer().encode_chat_completion(request).tokens)
+    _counts().remember(text=(text, count))
+    return count
 
 
 def count_prompt_tokens(width: int, height: int, frames: int, prompt: str) -> TokenCount:
@@ -196,3 +227,153 @@ def verdict(prompt_tokens: int, max_model_len: int, output_tokens: int) -> Verdi
     if prompt_tokens < max_model_len:
         return Verdict.OUTPUT_CUT
     return Verdict.TOO_LONG
+
+
+# -- the count cache ----------------------------------------------------------------------------
+
+# Bump when what a stored count means changes (the request encoded, the image rule's fields).
+COUNT_CACHE_FORMAT = 1
+# Texts remembered (oldest dropped first): a file of ~100 KB, read in about a millisecond.
+MAX_CACHED_TEXTS = 1024
+
+
+class _CountCache:
+    """Counts already made, in one JSON file, valid for one tokenizer file and library version.
+
+    {"identity": {...}, "image_rule": {"cell_px", "max_image_size"}, "texts": {sha256: n}}.
+    Texts are keyed by the sha256 of the exact text encoded. The identity is the tokenizer
+    file's path, size, mtime and inode and mistral-common's version (a reinstall or an upgrade
+    writes a new file, so either changes it), plus COUNT_CACHE_FORMAT: when it differs, the file
+    is ignored and replaced. A file that cannot be read or parsed is ignored; one that cannot
+    be written is not written. A count is never wrong because of the cache — at worst it is made
+    again.
+    """
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._lock = threading.Lock()
+        self._identity: dict | None = None
+        self._data: dict | None = None
+
+    def identity(self) -> dict:
+        if self._identity is None:
+            tokenizer = tokenizer_path()
+            st = tokenizer.stat()
+            self._identity = {
+                "format": COUNT_CACHE_FORMAT,
+                "tokenizer": str(tokenizer),
+                "size": st.st_size,
+                "mtime_ns": st.st_mtime_ns,
+                "inode": st.st_ino,
+                "mistral_common": _mistral_common_version(tokenizer),
+            }
+        return self._identity
+
+    def _read(self) -> dict:
+        """The file's entries when they belong to this identity, else empty ones."""
+        empty: dict = {"texts": {}}
+        if self.path is None:
+            return empty
+        try:
+            data = json.loads(self.path.read_text("utf-8"))
+            if not isinstance(data, dict) or data.get("identity") != self.identity():
+                return empty
+            texts = data.get("texts")
+            if not isinstance(texts, dict):
+                return empty
+            return {**data, "texts": texts}
+        except (OSError, ValueError):
+            return empty
+        except CosmosError:  # no tokenizer file to identify: nothing cached can be trusted
+            return empty
+
+    def _loaded(self) -> dict:
+        if self._data is None:
+            self._data = self._read()
+        return self._data
+
+    def text(self, text: str) -> int | None:
+        if self.path is None:
+            return None
+        with self._lock:
+            count = self._loaded()["texts"].get(_text_key(text))
+        return count if _positive_int(count) else None
+
+    def image_rule(self) -> _ImageRule | None:
+        if self.path is None:
+            return None
+        with self._lock:
+            rule = self._loaded().get("image_rule")
+        if not isinstance(rule, dict):
+            return None
+        cell_px, max_size = rule.get("cell_px"), rule.get("max_image_size")
+        if not (_positive_int(cell_px) and _positive_int(max_size)):
+            return None
+        return _ImageRule(cell_px=cell_px, max_image_size=max_size)
+
+    def remember(
+        self, *, text: tuple[str, int] | None = None, image_rule: _ImageRule | None = None
+    ) -> None:
+        """Add a count (or the image rule) and write the file, merged with what another process
+        may have written since it was read."""
+        if self.path is None:
+            return
+        with self._lock:
+            try:
+                identity = self.identity()
+            except (OSError, CosmosError):
+                return
+            current = self._read()  # another `cosmos` may have added counts meanwhile
+            texts = {**current["texts"], **self._loaded()["texts"]}
+            rule = self._loaded().get("image_rule") or current.get("image_rule")
+            if text is not None:
+                key = _text_key(text[0])
+                texts.pop(key, None)  # re-inserted last: the newest is dropped last
+                texts[key] = text[1]
+            if image_rule is not None:
+                rule = {"cell_px": image_rule.cell_px, "max_image_size": image_rule.max_image_size}
+            while len(texts) > MAX_CACHED_TEXTS:
+                del texts[next(iter(texts))]
+            self._data = {"identity": identity, "texts": texts}
+            if rule is not None:
+                self._data["image_rule"] = rule
+            # Only a cache: a read-only or full disk means counting again next time.
+            with contextlib.suppress(OSError):
+                atomic_write_json(self.path, self._data)
+
+
+_count_cache = _CountCache(None)
+
+
+def use_count_cache(path: str | os.PathLike | None) -> None:
+    """Remember counts across processes in the JSON file `path` (None: keep none).
+
+    Process-wide, like the tokenizer it stands in for. The caller chooses the place (the
+    orchestrator uses its cache folder); the file is only a cache (see `_CountCache`).
+    """
+    global _count_cache
+    _count_cache = _CountCache(None if path is None else Path(path))
+
+
+def _counts() -> _CountCache:
+    return _count_cache
+
+
+def _text_key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _mistral_common_version(tokenizer: Path) -> str:
+    """mistral-common's version from its dist-info folder's name (no import, no metadata scan:
+    importlib.metadata costs ~40 ms), else from importlib.metadata."""
+    site = tokenizer.parent.parent.parent  # …/site-packages/mistral_common/data/<file>
+    found = list(site.glob("mistral_common-*.dist-info"))
+    if len(found) == 1:
+        return found[0].name[len("mistral_common-") : -len(".dist-info")]
+    from importlib.metadata import version
+
+    return version("mistral-common")

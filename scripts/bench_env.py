@@ -250,7 +250,9 @@ class Workspace:
     def env(self, user_dir: Path) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("COSMOS_", "FAKE_VLLM"))}
         env["COSMOS_USER_DIR"] = str(user_dir)
-        env.pop("PYTHONPATH", None)
+        # The CLI runs this checkout's code, even when the venv's editable install points at
+        # another checkout (a git worktree sharing one venv).
+        env["PYTHONPATH"] = str(REPO)
         return env
 
     def upsample(self, specs: Path, label: str, *extra: str) -> tuple[Measured, dict]:

@@ -20,22 +20,30 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import MediaError
+from ..errors import MediaError, ToolMissingError
 from ..fsutil import atomic_write_json, sha256_file
-from .extract import SCALE_FLAGS, extract_frames
+from .extract import SCALE_FLAGS, extract_frames_many
 from .tools import check_source
 
 # Changing how frames are made (scaler, naming) must not serve old entries: bump this.
 RECIPE = f"first-frames/1 scale={SCALE_FLAGS}"
 MANIFEST = "manifest.json"
 _RACY_NS = 2_000_000_000
+# frames_many: ffmpeg processes at a time, and clips per process. A few processes overlap one
+# another's start-up and file reads even on two cores; 16 clips per process bound the open
+# inputs and what one bad clip costs (its group is extracted again one clip per process).
+BATCH_WORKERS = 4
+BATCH_GROUP_SIZE = 16
 
 
 @dataclass(frozen=True)
@@ -81,15 +89,7 @@ class FrameCache:
         cached = manifest is not None
         if manifest is None:
             manifest = self._extract(source, digest, entry, width, height, frame_count)
-        return PreparedFrames(
-            source=source,
-            width=width,
-            height=height,
-            paths=[entry / f["file"] for f in manifest["frames"]],
-            sha256=[f["sha256"] for f in manifest["frames"]],
-            cached=cached,
-            source_sha256=digest,
-        )
+        return _prepared(source, entry, manifest, cached, digest)
 
     def source_sha256(self, source: str | Path) -> str:
         """sha256 of the source's bytes, remembered against its path and stat."""
@@ -121,14 +121,121 @@ class FrameCache:
             atomic_write_json(memo_path, {**stamp, "sha256": digest, "hashed_ns": hashed_ns})
         return digest
 
+    def frames_many(
+        self,
+        requests: Iterable[tuple[str | Path, int, int]],
+        frame_count: int,
+        *,
+        workers: int = BATCH_WORKERS,
+        group_size: int = BATCH_GROUP_SIZE,
+    ) -> dict[tuple[Path, int, int], PreparedFrames | MediaError]:
+        """`frames` for many (source, width, height) at once: {(Path(source), w, h): result}.
+
+        Cache hits need no ffmpeg. Misses are extracted several clips per ffmpeg process
+        (`extract_frames_many`), up to `group_size` clips each, `workers` processes at a time,
+        and written exactly as `frames` writes them (same entries, same frame bytes). A clip
+        that fails gets its own MediaError (the one `frames` raises); the others are unaffected.
+        Two requests for the same content and size (a copy of a clip under another name) are
+        extracted once.
+        """
+        results: dict[tuple[Path, int, int], PreparedFrames | MediaError] = {}
+        misses: dict[Path, list] = {}  # entry → [source, digest, width, height, keys…]
+        for source, width, height in requests:
+            key = (Path(source), width, height)
+            if key in results:
+                continue
+            try:
+                check_source(key[0])
+                digest = self.source_sha256(key[0])
+            except MediaError as exc:
+                results[key] = exc
+                continue
+            entry = self.entry_dir(digest, width, height, frame_count)
+            if entry in misses:
+                misses[entry].append(key)
+                continue
+            manifest = _load_manifest(entry, width, height, frame_count)
+            if manifest is None:
+                misses[entry] = [key[0], digest, width, height, key]
+            else:
+                results[key] = _prepared(key[0], entry, manifest, True, digest)
+        jobs = list(misses.items())
+        if not jobs:
+            return results
+        per_group = max(1, min(group_size, math.ceil(len(jobs) / max(1, workers))))
+        groups = [jobs[i : i + per_group] for i in range(0, len(jobs), per_group)]
+
+        def run(group) -> list:
+            return self._extract_group([(entry, *job[:4]) for entry, job in group], frame_count)
+
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(groups)))) as pool:
+            done = list(pool.map(run, groups))
+        for group, outcomes in zip(groups, done, strict=True):
+            for (entry, job), outcome in zip(group, outcomes, strict=True):
+                source, digest, width, height, *keys = job
+                for key in keys:
+                    if isinstance(outcome, MediaError):
+                        results[key] = outcome
+                    else:
+                        results[key] = _prepared(key[0], entry, outcome, False, digest)
+        return results
+
     def _extract(self, source, digest, entry: Path, width, height, frame_count) -> dict:
+        (outcome,) = self._extract_group([(entry, source, digest, width, height)], frame_count)
+        if isinstance(outcome, MediaError):
+            raise outcome
+        return outcome
+
+    def _extract_group(self, jobs: list[tuple], frame_count: int) -> list[dict | MediaError]:
+        """Extract (entry, source, digest, width, height) jobs into their entries; for each,
+        the published manifest or the MediaError (`extract_frames_many`: one ffmpeg process)."""
+        outcomes: list[dict | MediaError | None] = [None] * len(jobs)
+        temps: list[Path | None] = [None] * len(jobs)
+        try:
+            for i, (entry, *_rest) in enumerate(jobs):
+                try:
+                    temps[i] = self._temp_dir(entry)
+                except MediaError as exc:
+                    outcomes[i] = exc
+            todo = [i for i in range(len(jobs)) if temps[i] is not None]
+            try:
+                extracted = extract_frames_many(
+                    [(jobs[i][1], temps[i], jobs[i][3], jobs[i][4]) for i in todo],
+                    frame_count,
+                    ffmpeg=self.ffmpeg,
+                )
+            except ToolMissingError as exc:  # no ffmpeg: every clip's error, as `frames` raises
+                extracted = [exc] * len(todo)
+            for i, paths in zip(todo, extracted, strict=True):
+                if isinstance(paths, MediaError):
+                    outcomes[i] = paths
+                    continue
+                entry, source, digest, width, height = jobs[i]
+                try:
+                    outcomes[i] = self._commit(
+                        temps[i], paths, entry, source, digest, width, height, frame_count
+                    )
+                except MediaError as exc:
+                    outcomes[i] = exc
+        finally:
+            for tmp in temps:
+                if tmp is not None:
+                    shutil.rmtree(tmp, ignore_errors=True)
+        return outcomes
+
+    def _temp_dir(self, entry: Path) -> Path:
+        """A new temporary folder beside `entry`, to extract into and rename into place."""
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}.", suffix=".tmp"))
+            return Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}.", suffix=".tmp"))
         except OSError as exc:
             raise self._unwritable(entry, exc) from exc
+
+    def _commit(
+        self, tmp: Path, paths, entry: Path, source: Path, digest, width, height, frame_count
+    ) -> dict:
+        """Write the manifest of the frames in `tmp`, publish `tmp` as `entry`; its manifest."""
         try:
-            paths = extract_frames(source, tmp, width, height, frame_count, ffmpeg=self.ffmpeg)
             manifest = {
                 "recipe": RECIPE,
                 "source_sha256": digest,
@@ -145,8 +252,6 @@ class FrameCache:
             _publish(tmp, entry, width, height, frame_count)
         except OSError as exc:
             raise self._unwritable(entry, exc) from exc
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         # Whoever won a race, the entry in place is whole; serve what is there.
         published = _load_manifest(entry, width, height, frame_count)
         if published is None:
@@ -160,6 +265,18 @@ class FrameCache:
             f"check that {self.root} is writable (or delete it; it is only a cache)",
             code="media_cache",
         )
+
+
+def _prepared(source: Path, entry: Path, manifest: dict, cached: bool, digest: str):
+    return PreparedFrames(
+        source=source,
+        width=manifest["width"],
+        height=manifest["height"],
+        paths=[entry / f["file"] for f in manifest["frames"]],
+        sha256=[f["sha256"] for f in manifest["frames"]],
+        cached=cached,
+        source_sha256=digest,
+    )
 
 
 def _publish(tmp: Path, entry: Path, width: int, height: int, frame_count: int) -> None:

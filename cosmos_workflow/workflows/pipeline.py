@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .. import tokens
@@ -30,8 +29,6 @@ from .outputs import plan_outputs, write_outputs
 from .preflight import CheckItem, Preflight, check_writable_dir
 
 Events = Callable[..., None]
-# Concurrent ffmpeg extractions while staging a batch.
-STAGE_WORKERS = 4
 
 
 def quiet(kind: str, **data) -> None:
@@ -196,23 +193,15 @@ class UpsamplePipeline:
     def stage(self, items: list[PlannedItem], budget: Budget) -> None:
         """Extract each item's first frames at its size into the content-addressed cache.
 
-        One ffmpeg process per distinct (clip, size), a few at a time: most of each one's time
-        is ffmpeg starting up, which overlaps well even on two cores.
+        One batch (`FrameCache.frames_many`): cached frames need no ffmpeg, the rest are
+        extracted several clips per ffmpeg process, a few processes at a time, since most of
+        a one-clip extraction is ffmpeg starting up.
         """
         todo = [item for item in items if item.status == "planned"]
         if not todo:
             return
-        cache = self.preflight.frame_cache()
-        keys = {(item.spec.video, item.frame_width, item.frame_height) for item in todo}
-
-        def extract(key):
-            try:
-                return cache.frames(key[0], key[1], key[2], budget.frame_count)
-            except MediaError as exc:
-                return exc
-
-        with ThreadPoolExecutor(max_workers=STAGE_WORKERS) as pool:
-            prepared = dict(zip(keys, pool.map(extract, keys), strict=True))
+        keys = [(item.spec.video, item.frame_width, item.frame_height) for item in todo]
+        prepared = self.preflight.frame_cache().frames_many(keys, budget.frame_count)
         for item in todo:
             frames = prepared[(item.spec.video, item.frame_width, item.frame_height)]
             if isinstance(frames, MediaError):

@@ -19,6 +19,8 @@ from ..errors import CosmosError, MediaError, SpecError
 from ..sizing import Budget, Resolution, choose_size, largest_fitting_size, parse_aspect
 from ..specs import PromptSpec, load_spec, load_specs, safe_file_stem, spec_for_video
 
+TOKEN_COUNTS_FILE = "token-counts.json"
+
 
 @dataclass
 class CheckItem:
@@ -97,6 +99,8 @@ class Preflight:
 
     def __init__(self, config: Config):
         self.config = config
+        # Counts made before are read back instead of loading the tokenizer (~1.5 s).
+        tokens.use_count_cache(self.cache_dir / TOKEN_COUNTS_FILE)
 
     @cached_property
     def ffmpeg(self) -> str:
