@@ -251,6 +251,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "cache_dir": Field(
             _as_path, "", "local cache of extracted frames (empty: the user cache folder)"
         ),
+        "history_db": Field(
+            _as_path, "", "SQLite history of runs (empty: history.db in the user data folder)"
+        ),
     },
     "docker": {
         "image": Field(
@@ -443,6 +446,19 @@ def user_cache_dir() -> Path:
     if sys.platform == "darwin":
         return Path.home() / "Library" / "Caches" / APP_NAME
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / APP_NAME
+
+
+def user_data_dir() -> Path:
+    """Where the run history lives (`COSMOS_USER_DIR`/data, else the platform convention)."""
+    if override := os.environ.get("COSMOS_USER_DIR"):
+        return Path(override) / "data"
+    if sys.platform == "win32":
+        local = os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local")
+        return Path(local) / APP_NAME / "data"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / APP_NAME / "data"
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / APP_NAME
 
 

@@ -11,7 +11,15 @@ from rich.table import Table
 
 from ..errors import CosmosError
 from .common import orchestrator
-from .output import err, handle_errors, local_time, out, print_error_line, print_json
+from .output import (
+    err,
+    handle_errors,
+    local_time,
+    out,
+    print_error_line,
+    print_json,
+    print_warning_event,
+)
 
 app = typer.Typer(help="Work with the GPU host: readiness, host keys, jobs.", no_args_is_help=True)
 
@@ -249,6 +257,7 @@ def results(
         overwrite=overwrite,
         recursive=recursive,
         collect_job=job,
+        on_event=print_warning_event,
     )
     report(record, json_output=json_output)
     raise typer.Exit(record.exit_code)

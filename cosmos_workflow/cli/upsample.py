@@ -11,7 +11,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .common import orchestrator
-from .output import err, handle_errors, out, print_error_line, print_json, shown_path, styled
+from .output import (
+    err,
+    handle_errors,
+    out,
+    print_error_line,
+    print_json,
+    print_warning_event,
+    shown_path,
+    styled,
+)
 
 # How the table's output column names what happens to an item's output file.
 _OUTPUT_ACTIONS = {
@@ -152,6 +161,8 @@ class _Reporter:
                 self.last_reported = finished
         elif kind == "log":
             self.progress.console.print(data["line"], markup=False, highlight=False)
+        elif kind == "warning":
+            print_warning_event(kind, **data)
 
 
 def _interrupted(orch, job_id: str | None, cancel: bool):

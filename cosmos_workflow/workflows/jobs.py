@@ -71,6 +71,7 @@ class PlannedItem:
             "frame_width": self.frame_width,
             "frame_height": self.frame_height,
             "frames": self.frames,
+            "frame_sha256": list(self.frame_sha256),
             "prompt_tokens_local": self.prompt_tokens_local,
             "prompt_tokens_engine": self.prompt_tokens_engine,
             "output_tokens": self.output_tokens,

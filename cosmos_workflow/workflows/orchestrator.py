@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 
 from .. import media
-from ..config import Config, load_config, user_cache_dir
+from ..config import Config, load_config, user_cache_dir, user_data_dir
 from .remote_ops import RemoteMixin
 from .resolution import ResolutionMixin
 from .upsample import UpsampleMixin
@@ -40,6 +40,10 @@ class WorkflowOrchestrator(ResolutionMixin, UpsampleMixin, RemoteMixin):
     @property
     def cache_dir(self) -> Path:
         return Path(self.config.paths.cache_dir or user_cache_dir())
+
+    @property
+    def history_path(self) -> Path:
+        return Path(self.config.paths.history_db or user_data_dir() / "history.db")
 
     def frame_cache(self) -> media.FrameCache:
         return media.FrameCache(self.cache_dir / "frames", ffmpeg=self.ffmpeg)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .. import tokens
+from .. import history, tokens
 from ..errors import CosmosError, MediaError, SpecError, SSHError
 from ..fsutil import atomic_write_json
 from ..remote import jobctl
@@ -179,6 +179,14 @@ class UpsampleMixin:
         record.finish()
         atomic_write_json(save_dir / "runs" / f"{record.job_id}.json", record.to_dict())
         atomic_write_json(save_dir / "run.json", record.to_dict())
+        # The history never costs a run: a failure to record is a warning event.
+        history.record_run_or_warn(
+            self.history_path,
+            record.to_dict(),
+            save_dir=save_dir,
+            frame_cache=self.cache_dir / "frames",
+            on_event=on_event,
+        )
         return record
 
     def _plan(self, inputs, save_dir, budget, preprocess, max_resolution, force, recursive, record):
