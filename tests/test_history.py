@@ -397,3 +397,56 @@ def test_show_of_an_unknown_run_is_one_error_with_a_hint(tmp_path, workdir, ref)
     assert result.exit_code == 2
     assert result.stderr.splitlines()[0] == f"error: no run {ref} in the history ({path})"
     assert "hint: " in result.stderr
+
+
+ODD_RECORD = {
+    "kind": "cosmos-run-record",
+    "job_id": ["not", "text"],
+    "host": {"x": 1},
+    "duration_s": "NaN",
+    "counts": "all of them",
+    "settings": ["max_model_len", 4096],
+    "timings_s": 7,
+    "load_errors": ["not a dict", {"message": "<b>x</b>", "hint": None}],
+    "items": [
+        "not an item",
+        {
+            "id": 5,
+            "name": {"<script>": 1},
+            "status": "ok",
+            "original_prompt": "odd forklift",
+            "upsampled_prompt": ["a", "list"],
+            "frame_width": "wide",
+            "frame_height": 1e400,
+            "frames": True,
+            "frame_sha256": "not a list",
+            "prompt_tokens_engine": "-5",
+            "output_tokens": {"n": 1},
+            "error": "a string error",
+        },
+    ],
+}
+
+
+def test_a_run_json_with_odd_values_imports_shows_and_reports_without_an_internal_error(
+    workdir,
+):
+    path = workdir / "run.json"
+    path.write_text(json.dumps(ODD_RECORD))
+    for args in (
+        ("history", "import", path),
+        ("history",),
+        ("history", "show", "latest"),
+        ("history", "show", "latest", "--json"),
+        ("history", "search", "forklift"),
+        ("history", "export"),
+        ("report", "-o", workdir / "odd.html"),
+    ):
+        result = cosmos(*args)
+        assert result.exit_code == 0, (args, result.output)
+    html = (workdir / "odd.html").read_text()
+    assert "&lt;b&gt;x&lt;/b&gt;" in html and "<b>x" not in html
+    assert "token counts unknown" in html
+    item = data_of(cosmos("history", "show", "latest", "--json"))["items"][0]
+    assert (item["frame_width"], item["frames"], item["frame_sha256"]) == (None, None, [])
+    assert item["prompt_tokens_engine"] == -5 and item["error"] is None

@@ -127,7 +127,7 @@ def show(
 
 
 def render_run(run: dict) -> None:
-    counts = run.get("counts") or {}
+    counts = run.get("counts") if isinstance(run.get("counts"), dict) else {}
     out.print(
         Text.assemble(
             (f"run {run['id']}", "bold"),

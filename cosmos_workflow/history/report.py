@@ -82,6 +82,23 @@ ins { background: #dafbe1; color: #116329; text-decoration: none; }
 """
 
 
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _int(value) -> int | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def esc(value) -> str:
     """Text (any value) as HTML text or attribute value: never markup."""
     return html.escape("" if value is None else str(value), quote=True)
@@ -162,20 +179,20 @@ def word_diff(original: str, upsampled: str) -> tuple[str, str]:
 
 def token_split(item: dict, max_model_len: int | None) -> dict | None:
     """Image, text and output tokens of an item against `max_model_len`; None when unknown."""
-    prompt = item.get("prompt_tokens_engine") or item.get("prompt_tokens_local")
-    width, height, frames = item.get("frame_width"), item.get("frame_height"), item.get("frames")
-    if not prompt or not width or not height or not max_model_len:
+    prompt = _int(item.get("prompt_tokens_engine")) or _int(item.get("prompt_tokens_local"))
+    width, height = _int(item.get("frame_width")), _int(item.get("frame_height"))
+    if not prompt or not width or not height or not max_model_len or max_model_len < 1:
         return None
     try:
-        image = tokens.image_tokens_per_frame(int(width), int(height)) * int(frames or 0)
+        image = tokens.image_tokens_per_frame(width, height) * (_int(item.get("frames")) or 0)
     except Exception:  # noqa: BLE001 - a size the tokenizer refuses: no split, still a total
         image = 0
-    image = min(image, int(prompt))
+    image = max(0, min(image, prompt))
     return {
         "image": image,
-        "text": int(prompt) - image,
-        "output": int(item.get("output_tokens") or 0),
-        "max_model_len": int(max_model_len),
+        "text": prompt - image,
+        "output": max(0, _int(item.get("output_tokens")) or 0),
+        "max_model_len": max_model_len,
     }
 
 
@@ -185,7 +202,7 @@ def _token_bar(split: dict | None) -> str:
     total = split["max_model_len"]
     spans = []
     for part in ("image", "text", "output"):
-        share = min(100.0, 100.0 * split[part] / total)
+        share = max(0.0, min(100.0, 100.0 * split[part] / total))
         spans.append(
             f'<span class="{part}" style="width:{share:.2f}%" title="{part}: {split[part]:,}">'
             "</span>"
@@ -199,7 +216,7 @@ def _token_bar(split: dict | None) -> str:
 
 
 def _frames_html(item: dict, frames: dict[str, Path], tally: dict) -> str:
-    hashes = item.get("frame_sha256") or []
+    hashes = [h for h in _list(item.get("frame_sha256")) if isinstance(h, str)]
     if not hashes:
         return '<p class="gone">no frames were sent for this item</p>'
     figures, missing = [], 0
@@ -222,7 +239,7 @@ def _frames_html(item: dict, frames: dict[str, Path], tally: dict) -> str:
 
 
 def _error_html(error: dict | None, label: str = "error") -> str:
-    if not error:
+    if not isinstance(error, dict):
         return ""
     hint = f'<div class="hint">hint: {esc(error.get("hint"))}</div>' if error.get("hint") else ""
     code = f" ({esc(error.get('code'))})" if error.get("code") else ""
@@ -272,8 +289,8 @@ def _settings_table(run: dict) -> str:
         ("started (UTC)", run.get("started_at")),
         ("duration", f"{run.get('duration_s')} s"),
     ]
-    rows += [(f"{k}", v) for k, v in (run.get("settings") or {}).items()]
-    rows += [(f"time: {k}", f"{v} s") for k, v in (run.get("timings_s") or {}).items()]
+    rows += [(f"{k}", v) for k, v in _dict(run.get("settings")).items()]
+    rows += [(f"time: {k}", f"{v} s") for k, v in _dict(run.get("timings_s")).items()]
     rows.append(("save folder", run.get("save_dir")))
     cells = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
     return f'<table class="settings">{cells}</table>'
@@ -289,17 +306,21 @@ class Report:
 def build_report(run: dict, frame_caches: Iterable[str | Path | None] = ()) -> Report:
     """The HTML page for `run` (as `History.run()` gives it), thumbnails from `frame_caches`
     (the run's own cache first)."""
-    items = run.get("items") or []
-    wanted = {sha for item in items for sha in item.get("frame_sha256") or []}
+    items = [item for item in _list(run.get("items")) if isinstance(item, dict)]
+    wanted = {
+        sha for item in items for sha in _list(item.get("frame_sha256")) if isinstance(sha, str)
+    }
     frames = find_frames([run.get("frame_cache"), *frame_caches], wanted) if wanted else {}
-    max_model_len = (run.get("settings") or {}).get("max_model_len")
-    counts = run.get("counts") or {}
+    max_model_len = _int(_dict(run.get("settings")).get("max_model_len"))
+    counts = _dict(run.get("counts"))
     summary = (
         f"{counts.get('total', len(items))} item(s): {counts.get('ok', 0)} ok, "
         f"{counts.get('failed', 0)} failed, {counts.get('skipped', 0)} skipped"
     )
     load_errors = "".join(
-        _error_html(error, "spec not read") for error in run.get("load_errors") or []
+        _error_html(error, "spec not read")
+        for error in _list(run.get("load_errors"))
+        if isinstance(error, dict)
     )
     title = f"cosmos run {run.get('id')} · {run.get('started_at') or ''}"
     tally = {"shown": 0, "missing": 0}

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -307,7 +308,7 @@ class History:
         A record stored before (same content) is not stored again: its number is returned.
         """
         digest = record_sha256(record)
-        counts = record.get("counts") or {}
+        counts = record.get("counts") if isinstance(record.get("counts"), dict) else {}
 
         def insert(conn: sqlite3.Connection) -> int:
             conn.execute("BEGIN IMMEDIATE")
@@ -325,19 +326,19 @@ class History:
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         digest,
-                        record.get("job_id"),
-                        record.get("host"),
-                        record.get("transport"),
-                        record.get("runner"),
-                        record.get("model"),
-                        record.get("mode") or "job",
-                        record.get("started_at"),
-                        record.get("finished_at"),
-                        record.get("duration_s"),
-                        int(counts.get("total") or 0),
-                        int(counts.get("ok") or 0),
-                        int(counts.get("failed") or 0),
-                        int(counts.get("skipped") or 0),
+                        _text(record.get("job_id")),
+                        _text(record.get("host")),
+                        _text(record.get("transport")),
+                        _text(record.get("runner")),
+                        _text(record.get("model")),
+                        _text(record.get("mode")) or "job",
+                        _text(record.get("started_at")),
+                        _text(record.get("finished_at")),
+                        _float_or_none(record.get("duration_s")),
+                        _int_or_none(counts.get("total")) or 0,
+                        _int_or_none(counts.get("ok")) or 0,
+                        _int_or_none(counts.get("failed")) or 0,
+                        _int_or_none(counts.get("skipped")) or 0,
                         None if save_dir is None else str(Path(save_dir).absolute()),
                         None if frame_cache is None else str(Path(frame_cache).absolute()),
                         _utc_now(),
@@ -350,7 +351,7 @@ class History:
                     f"VALUES (?, ?, {', '.join('?' * len(_ITEM_COLUMNS))})",
                     [
                         (run_id, position, *_item_row(item))
-                        for position, item in enumerate(record.get("items") or [])
+                        for position, item in enumerate(_items_of(record))
                     ],
                 )
                 conn.execute("COMMIT")
@@ -499,14 +500,65 @@ def record_run_or_warn(
 # -- rows → dicts -------------------------------------------------------------------------------
 
 
+_INT_COLUMNS = frozenset(
+    {
+        "frame_width",
+        "frame_height",
+        "frames",
+        "prompt_tokens_local",
+        "prompt_tokens_engine",
+        "output_tokens",
+    }
+)
+
+
+def _int_or_none(value) -> int | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _float_or_none(value) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value) if value is not None else None
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if number is None or math.isfinite(number) else None
+
+
+def _text(value) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
 def _item_row(item: dict) -> tuple:
+    """An item's column values; what a record from elsewhere (an imported run.json) holds in
+    the wrong type is stored as the reader expects it: numbers or NULL, text, lists, dicts."""
     values = []
     for column in _ITEM_COLUMNS:
         value = item.get("id" if column == "item_id" else column)
-        if column in ("frame_sha256", "error") and value is not None:
-            value = json.dumps(value, ensure_ascii=False)
+        if column in _INT_COLUMNS:
+            value = _int_or_none(value)
+        elif column == "frame_sha256":
+            hashes = value if isinstance(value, list) else []
+            value = json.dumps([h for h in hashes if isinstance(h, str)])
+        elif column == "error":
+            value = json.dumps(value, ensure_ascii=False) if isinstance(value, dict) else None
+        else:
+            value = _text(value)
         values.append(value)
     return tuple(values)
+
+
+def _items_of(record: dict) -> list[dict]:
+    items = record.get("items")
+    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
 
 
 def _item_dict(row: sqlite3.Row) -> dict:
