@@ -450,3 +450,18 @@ def test_a_run_json_with_odd_values_imports_shows_and_reports_without_an_interna
     item = data_of(cosmos("history", "show", "latest", "--json"))["items"][0]
     assert (item["frame_width"], item["frames"], item["frame_sha256"]) == (None, None, [])
     assert item["prompt_tokens_engine"] == -5 and item["error"] is None
+
+
+def test_reading_a_damaged_history_moves_it_aside_and_says_so(workdir, isolated_user_state):
+    path = history_db(isolated_user_state)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\x00garbage" * 600)
+    result = cosmos("history", "--json")
+    assert result.exit_code == 0, result.output
+    assert data_of(result) == []
+    (aside,) = path.parent.glob("history.db.damaged-*")
+    assert aside.read_bytes() == b"\x00garbage" * 600 and not path.exists()
+    assert f"warning: history database {path} was damaged: moved aside to {aside}" in (
+        result.stderr
+    )
+    assert f"note: a damaged history database was moved aside to {aside}" in result.stderr
