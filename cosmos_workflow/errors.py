@@ -78,3 +78,10 @@ class RemoteCommandError(CosmosError):
 class WorkerError(CosmosError):
     code = "worker"
     exit_code = 5
+
+
+class HistoryError(CosmosError):
+    """The run history (an SQLite file in the user data folder) cannot be read or written."""
+
+    code = "history"
+    exit_code = 2

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install cosmos-workflow for development on a fresh Debian/Ubuntu machine:
-# system packages (ffmpeg, OpenSSH for the tests), Python 3.10 and 3.12 (the worker tests run the
-# worker on them too: GPU hosts bring their own Python), a venv in .venv, the project with dev
-# extras. Quick and idempotent when everything is there.
+# system packages (ffmpeg; OpenSSH and Chromium for the tests), Python 3.10 and 3.12 (the worker
+# tests run the worker on them too: GPU hosts bring their own Python), a venv in .venv, the
+# project with dev extras. Quick and idempotent when everything is there.
 #
 #   scripts/install.sh && .venv/bin/cosmos check ../shared/media/prompt-specs/office_handover.json
 set -euo pipefail
@@ -17,6 +17,8 @@ command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
 command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
+# The report tests load `cosmos report` pages in headless Chromium (Debian's package).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing system packages: ${need[*]}" >&2
   $SUDO apt-get update -qq

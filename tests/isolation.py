@@ -10,8 +10,9 @@ Enabled from tests/conftest.py (`pytest_plugins`). Three fixtures, all autouse:
 - `nothing_written_outside` (module, autouse): the places no test may touch are snapshotted
   before each test module and compared after it; any change is an error naming the paths. The
   places: the checkout under test (`git status` incl. ignored files, build caches aside), the
-  real-world media in ../shared/media, and in the real home the tool's config and cache folders
-  (the engine venvs aside) and ~/.ssh. Cheap: a git status and a walk of a few small folders.
+  real-world media in ../shared/media, and in the real home the tool's config, cache and data
+  folders (the engine venvs aside; the data folder holds the run history) and ~/.ssh. Cheap: a
+  git status and a walk of a few small folders.
 - `isolated_user_state` (function): each test its own COSMOS_USER_DIR and COSMOS_* environment.
 
 A per-module check, not per test: a stray write makes the module's last test error, naming the
@@ -32,8 +33,9 @@ from .engine import engine_cache_dir
 # Captured when the plugin loads, before `isolated_session` moves HOME.
 REAL_HOME = Path.home()
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
-# COSMOS_* variables that are not user state: where the real-engine venv is.
-KEPT_ENV = ("COSMOS_ENGINE_PYTHON", "COSMOS_ENGINE_CACHE")
+# COSMOS_* variables that are not user state: where the real-engine venv is, and where tests
+# keep artifacts for people to look at (screenshots).
+KEPT_ENV = ("COSMOS_ENGINE_PYTHON", "COSMOS_ENGINE_CACHE", "COSMOS_TEST_ARTIFACTS")
 # Written by Python and the tools themselves in any checkout; never test output.
 BUILD_NOISE = ("__pycache__", ".pytest_cache", ".ruff_cache", "*.egg-info", ".venv*")
 
@@ -49,6 +51,11 @@ def guarded_trees() -> dict[str, tuple[Path, tuple[str, ...]]]:
         "real ~/.config/cosmos-workflow": (REAL_HOME / ".config" / "cosmos-workflow", ()),
         # The engine venvs (and the tiny model built inside them) are the suite's own cache.
         "real ~/.cache/cosmos-workflow": (REAL_HOME / ".cache" / "cosmos-workflow", ("engine-*",)),
+        # The run history (history.db) lives in the user data folder.
+        "real ~/.local/share/cosmos-workflow": (
+            REAL_HOME / ".local" / "share" / "cosmos-workflow",
+            (),
+        ),
         "real ~/.ssh": (REAL_HOME / ".ssh", ()),
     }
 

@@ -104,6 +104,12 @@ DRIVEN = {
         "--overwrite",
     },
     "config show": set(),
+    "history": {"--limit"},
+    "history show": set(),
+    "history search": {"--limit"},
+    "history export": {"--jsonl", "--output"},
+    "history import": set(),
+    "report": {"--output", "--open"},
 }
 
 
@@ -619,6 +625,69 @@ def test_every_option_is_driven_here():
     for options in DRIVEN.values():
         for option in options:
             assert source.count(f'"{option}"') >= 2, f"{option} is never passed to a command"
+
+
+# -- history and report -------------------------------------------------------------------------
+
+
+def test_history_search_export_and_report_in_human_form(setup, workdir, tmp_path):
+    job_id, _ = finished_job(setup, workdir)
+    cosmos("upsample", seed_specs(workdir / "more", names=("office_handover",)), "--save-dir",
+           workdir / "out2")  # fmt: skip
+    listed = cosmos("history", "--limit", 1)
+    assert listed.exit_code == 0, listed.output
+    rows = table_rows(listed.stdout)
+    assert list(rows) == ["2"]  # newest first, one row
+    assert rows["2"][2:4] == ["job", "127.0.0.1"] and rows["2"][5] == "1 ok"
+    assert rows["2"][7] == "out2"  # the save folder as typed from here
+
+    shown = cosmos("history", "show", "1")
+    assert shown.exit_code == 0, shown.output
+    assert f"job {job_id}" in shown.stdout
+    assert "  original:  Robot arms hand a coffee cup to a woman across an office counter." in (
+        shown.stdout
+    )
+    assert "  upsampled: standin upsampled: Robot arms hand a coffee cup" in shown.stdout
+
+    found = cosmos("history", "search", "coffee cup", "--limit", 1)
+    assert found.exit_code == 0, found.output
+    assert "1 item(s) matching 'coffee cup'" in found.stdout
+    nothing = cosmos("history", "search", "zeppelin")
+    assert nothing.exit_code == 0 and "no prompt holds 'zeppelin'" in nothing.stderr
+
+    exported = cosmos("history", "export", "--jsonl", "--output", tmp_path / "h.jsonl")
+    assert exported.exit_code == 0, exported.output
+    assert f"wrote 2 run(s) to {tmp_path / 'h.jsonl'}" in exported.stderr
+    assert [json.loads(line)["id"] for line in (tmp_path / "h.jsonl").open()] == [1, 2]
+
+    imported = cosmos("history", "import", workdir / "out" / "run.json")
+    assert imported.exit_code == 0, imported.output
+    assert "run.json: already in the history as run 1" in imported.stderr
+
+    report = cosmos("report", "1", "--output", workdir / "r.html")
+    assert report.exit_code == 0, report.output
+    assert report.stderr.strip() == "wrote " + str(workdir / "r.html") + (
+        " (run 1, 2 item(s), 4 frame(s) shown)"
+    )
+
+
+def test_report_open_hands_the_page_to_the_web_browser(setup, workdir, tmp_path):
+    finished_job(setup, workdir)
+    opened = tmp_path / "opened.txt"
+    browser = tmp_path / "browser.sh"
+    browser.write_text(f'#!/bin/sh\nprintf %s "$1" > {opened}\n')
+    browser.chmod(0o755)
+    env = dict(os.environ, BROWSER=f"{browser} %s", PYTHONPATH=str(Path(__file__).parents[1]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "cosmos_workflow", "report", "--output", "r.html", "--open"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert opened.read_text() == (workdir / "r.html").as_uri()
 
 
 # -- the local commands: limits, check, prepare -----------------------------------------------

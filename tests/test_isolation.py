@@ -42,6 +42,14 @@ def test_writes_the_real_user_config():
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.toml").write_text("[remote]\\n")
 """,
+    "test_writes_real_history.py": """
+from tests.isolation import REAL_HOME
+
+def test_writes_the_real_run_history():
+    folder = REAL_HOME / ".local" / "share" / "cosmos-workflow"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "history.db").write_bytes(b"")
+""",
     "test_stays_inside.py": """
 from pathlib import Path
 
@@ -91,12 +99,14 @@ def test_writing_outside_the_temp_folders_fails_the_test_module(inner_run):
         "test_writes_checkout.py::test_writes_into_the_checkout",
         "test_writes_ignored.py::test_writes_into_an_ignored_folder_of_the_checkout",
         "test_writes_real_home.py::test_writes_the_real_user_config",
+        "test_writes_real_history.py::test_writes_the_real_run_history",
     }, proc.stdout
     assert "PASSED test_stays_inside.py::test_writes_only_temp_and_the_isolated_home" in proc.stdout
     assert "test_writes_checkout.py wrote outside its temp folders" in proc.stdout
     assert f"checkout {checkout}: created stray-output.json" in proc.stdout
     assert f"checkout {checkout}: created outputs/run.json" in proc.stdout
     assert "real ~/.config/cosmos-workflow: created config.toml" in proc.stdout
+    assert "real ~/.local/share/cosmos-workflow: created history.db" in proc.stdout
     # The inner session's own throwaway home is not the real one: nothing landed there.
     assert not (home / ".cache").exists()
 

@@ -60,6 +60,12 @@ def print_error_line(label: str, message: str, hint: str | None = None) -> None:
         err.print(Text.assemble(("hint: ", "yellow"), _one_line(hint)))
 
 
+def print_warning_event(kind: str, **data) -> None:
+    """An `on_event` sink that prints only `warning` events (`warning: …` / `hint: …`)."""
+    if kind == "warning":
+        print_error_line("warning", data["message"], data.get("hint"))
+
+
 def print_json(data: Any) -> None:
     """`{"data": …}` on stdout: the envelope every `--json` command prints."""
     sys.stdout.write(json.dumps({"data": data}, indent=2, ensure_ascii=False, default=str) + "\n")

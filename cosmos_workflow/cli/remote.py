@@ -10,7 +10,7 @@ import typer
 
 from ..errors import CosmosError
 from .common import FrameCount, MaxModelLen, OutputTokens, Recursive, orchestrator
-from .output import err, handle_errors, print_json
+from .output import err, handle_errors, print_json, print_warning_event
 from .render import print_log_line, render_check, render_jobs, report
 
 app = typer.Typer(help="Work with the GPU host: readiness, host keys, jobs.", no_args_is_help=True)
@@ -172,6 +172,7 @@ def results(
         overwrite=overwrite,
         recursive=recursive,
         collect_job=job,
+        on_event=print_warning_event,
     )
     report(record, json_output=json_output)
     raise typer.Exit(record.exit_code)

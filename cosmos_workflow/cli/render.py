@@ -12,7 +12,16 @@ from typing import TYPE_CHECKING
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .output import err, local_time, out, print_error_line, print_json, shown_path, styled
+from .output import (
+    err,
+    local_time,
+    out,
+    print_error_line,
+    print_json,
+    print_warning_event,
+    shown_path,
+    styled,
+)
 
 if TYPE_CHECKING:
     from ..workflows.preflight import CheckItem
@@ -240,7 +249,7 @@ class Reporter:
                 err.print(f"{finished}/{total} items finished ({failed} failed)", highlight=False)
                 self.last_reported = finished
         elif kind == "warning":
-            self.progress.console.print(f"warning: {data['message']}", markup=False)
+            print_warning_event(kind, **data)
         elif kind == "log":
             self.progress.console.print(data["line"], markup=False, highlight=False)
 

@@ -7,7 +7,14 @@ validates the result.
 
 from __future__ import annotations
 
-from .load import APP_NAME, ENV_PREFIX, load_config, user_cache_dir, user_config_dir
+from .load import (
+    APP_NAME,
+    ENV_PREFIX,
+    load_config,
+    user_cache_dir,
+    user_config_dir,
+    user_data_dir,
+)
 from .schema import ALIASES, SCHEMA, Config, Field, FrameSize
 
 __all__ = [
@@ -20,5 +27,6 @@ __all__ = [
     "FrameSize",
     "load_config",
     "user_cache_dir",
+    "user_data_dir",
     "user_config_dir",
 ]

@@ -65,6 +65,19 @@ def user_cache_dir() -> Path:
     return Path(base) / APP_NAME
 
 
+def user_data_dir() -> Path:
+    """Where the run history lives (`COSMOS_USER_DIR`/data, else the platform convention)."""
+    if override := os.environ.get("COSMOS_USER_DIR"):
+        return Path(override) / "data"
+    if sys.platform == "win32":
+        local = os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local")
+        return Path(local) / APP_NAME / "data"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / APP_NAME / "data"
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / APP_NAME
+
+
 # A config file is a few hundred bytes; /dev/zero given as --config is not one.
 _MAX_CONFIG_BYTES = 1024 * 1024
 

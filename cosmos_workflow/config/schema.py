@@ -240,6 +240,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "cache_dir": Field(
             _as_path, "", "local cache of extracted frames (empty: the user cache folder)"
         ),
+        "history_db": Field(
+            _as_path, "", "SQLite history of runs (empty: history.db in the user data folder)"
+        ),
     },
     "docker": {
         "image": Field(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import Config
+from .. import history
+from ..config import Config, user_data_dir
 from .batchjob import JobExecutor
 from .gpuhost import GpuHost
 from .jobs import RunRecord
@@ -45,7 +46,7 @@ class UpsampleMixin:
             frame_count=frame_count, max_model_len=max_model_len, output_tokens=output_tokens
         )
         executor = JobExecutor(self.gpu_host, self.gpu_host.engine_settings(budget, num_gpu))
-        return UpsamplePipeline(self.preflight, executor).run(
+        record = UpsamplePipeline(self.preflight, executor).run(
             inputs,
             save_dir=Path(save_dir or self.config.paths.local_outputs_dir),
             budget=budget,
@@ -58,3 +59,18 @@ class UpsampleMixin:
             collect_job=collect_job,
             on_event=on_event,
         )
+        if not record.dry_run and record.job_id is not None:  # run.json was written
+            # The history never costs a run: a failure to record is a warning event.
+            history.record_run_or_warn(
+                self.history_path,
+                record.to_dict(),
+                save_dir=Path(save_dir or self.config.paths.local_outputs_dir),
+                frame_cache=self.preflight.cache_dir / "frames",
+                on_event=on_event,
+            )
+        return record
+
+    @property
+    def history_path(self) -> Path:
+        """The run history: `[paths] history_db`, else history.db in the user data folder."""
+        return Path(self.config.paths.history_db or user_data_dir() / "history.db")
