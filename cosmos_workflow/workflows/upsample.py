@@ -42,13 +42,14 @@ class UpsampleMixin:
 
         See `UpsamplePipeline.run`; the flags of `cosmos upsample` map 1:1 to the arguments.
         """
+        save_dir = Path(save_dir or self.config.paths.local_outputs_dir)
         budget = self.preflight.budget(
             frame_count=frame_count, max_model_len=max_model_len, output_tokens=output_tokens
         )
         executor = JobExecutor(self.gpu_host, self.gpu_host.engine_settings(budget, num_gpu))
         record = UpsamplePipeline(self.preflight, executor).run(
             inputs,
-            save_dir=Path(save_dir or self.config.paths.local_outputs_dir),
+            save_dir=save_dir,
             budget=budget,
             preprocess_videos=preprocess_videos,
             max_resolution=max_resolution,
@@ -64,7 +65,7 @@ class UpsampleMixin:
             history.record_run_or_warn(
                 self.history_path,
                 record.to_dict(),
-                save_dir=Path(save_dir or self.config.paths.local_outputs_dir),
+                save_dir=save_dir,
                 frame_cache=self.preflight.cache_dir / "frames",
                 on_event=on_event,
             )
