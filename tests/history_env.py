@@ -33,7 +33,7 @@ def run_record(prompts: dict[str, tuple[str, str | None]], job_id="0123456789abc
         transport="ssh",
         runner="direct",
         model="nvidia/Cosmos-UpsamplePrompt1-12B-Transfer",
-        settings={"max_model_len": 4096, "output_tokens": 300, "frames": 2},
+        settings={"max_model_len": 4096, "output_tokens": 300, "frame_count": 2},
     )
     for n, (name, (original, upsampled)) in enumerate(prompts.items()):
         spec = PromptSpec(
@@ -45,13 +45,13 @@ def run_record(prompts: dict[str, tuple[str, str | None]], job_id="0123456789abc
             video=Path(f"/videos/{name}.mp4"),
         )
         item = PlannedItem(id=name, spec=spec, output_name=f"{name}.json")
-        item.frames, item.frame_width, item.frame_height = 2, 320, 180
+        item.frame_count, item.frame_width, item.frame_height = 2, 320, 180
         item.frame_sha256 = [f"{n:02x}" * 32, f"{n + 100:02x}" * 32]
         item.prompt_tokens_local = item.prompt_tokens_engine = 530
         if upsampled is None:
             item.fail({"code": "engine_rejected", "message": "too long", "hint": "shorten it"})
         else:
-            item.status, item.upsampled_prompt, item.output_tokens = "ok", upsampled, 40
+            item.status, item.upsampled_prompt, item.generated_tokens = "ok", upsampled, 40
             item.finish_reason = "stop"
             item.output = f"/out/{name}.json"
         record.items.append(item)

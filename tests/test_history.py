@@ -418,10 +418,10 @@ ODD_RECORD = {
             "upsampled_prompt": ["a", "list"],
             "frame_width": "wide",
             "frame_height": 1e400,
-            "frames": True,
+            "frame_count": True,
             "frame_sha256": "not a list",
             "prompt_tokens_engine": "-5",
-            "output_tokens": {"n": 1},
+            "generated_tokens": {"n": 1},
             "error": "a string error",
         },
     ],
@@ -448,7 +448,7 @@ def test_a_run_json_with_odd_values_imports_shows_and_reports_without_an_interna
     assert "&lt;b&gt;x&lt;/b&gt;" in html and "<b>x" not in html
     assert "token counts unknown" in html
     item = data_of(cosmos("history", "show", "latest", "--json"))["items"][0]
-    assert (item["frame_width"], item["frames"], item["frame_sha256"]) == (None, None, [])
+    assert (item["frame_width"], item["frame_count"], item["frame_sha256"]) == (None, None, [])
     assert item["prompt_tokens_engine"] == -5 and item["error"] is None
 
 

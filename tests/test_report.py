@@ -70,7 +70,7 @@ def test_report_embeds_frames_prompts_diff_and_token_bar_and_loads_nothing(setup
     assert legend, html
     numbers = [int(n.replace(",", "")) for n in legend.groups()]
     assert numbers[0] + numbers[1] == office["prompt_tokens_engine"]
-    assert numbers[2] == office["output_tokens"]
+    assert numbers[2] == office["generated_tokens"]
     width, height = office["frame_width"], office["frame_height"]
     assert numbers[0] == 2 * tokens.image_tokens_per_frame(width, height) > 0
     assert f"cosmos run 1 · {record['started_at']}" in html

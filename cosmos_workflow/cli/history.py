@@ -146,16 +146,16 @@ def render_run(run: dict) -> None:
             )
         )
         size = (
-            f"{item['frames']} × {item['frame_width']}×{item['frame_height']}"
+            f"{item['frame_count']} × {item['frame_width']}×{item['frame_height']}"
             if item["frame_width"]
             else "-"
         )
         tokens = item["prompt_tokens_engine"] or item["prompt_tokens_local"]
-        output_tokens = item["output_tokens"]
+        generated = item["generated_tokens"]
         out.print(
             Text(
                 f"  frames {size}; prompt tokens {'-' if tokens is None else tokens}; "
-                f"output tokens {'-' if output_tokens is None else output_tokens}; "
+                f"output tokens {'-' if generated is None else generated}; "
                 f"finish {item['finish_reason'] or '-'}"
             )
         )

@@ -184,14 +184,14 @@ def token_split(item: dict, max_model_len: int | None) -> dict | None:
     if not prompt or not width or not height or not max_model_len or max_model_len < 1:
         return None
     try:
-        image = tokens.image_tokens_per_frame(width, height) * (_int(item.get("frames")) or 0)
+        image = tokens.image_tokens_per_frame(width, height) * (_int(item.get("frame_count")) or 0)
     except Exception:  # noqa: BLE001 - a size the tokenizer refuses: no split, still a total
         image = 0
     image = max(0, min(image, prompt))
     return {
         "image": image,
         "text": prompt - image,
-        "output": max(0, _int(item.get("output_tokens")) or 0),
+        "output": max(0, _int(item.get("generated_tokens")) or 0),
         "max_model_len": max_model_len,
     }
 
@@ -249,7 +249,7 @@ def _error_html(error: dict | None, label: str = "error") -> str:
 def _item_html(item: dict, frames: dict[str, Path], max_model_len: int | None, tally) -> str:
     status = str(item.get("status") or "")
     size = (
-        f"{item.get('frames')} × {item.get('frame_width')}×{item.get('frame_height')}"
+        f"{item.get('frame_count')} × {item.get('frame_width')}×{item.get('frame_height')}"
         if item.get("frame_width")
         else "no frames"
     )

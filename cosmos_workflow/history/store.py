@@ -27,6 +27,7 @@ import json
 import math
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -204,8 +205,7 @@ class History:
                     "upgrade cosmos-workflow, or point [paths] history_db at another file",
                     code="history_too_new",
                 )
-            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                conn.execute("PRAGMA journal_mode = WAL")
+            _use_wal(conn, self.timeout_s)
             migrate(conn)
         except BaseException:
             conn.close()
@@ -497,6 +497,22 @@ def record_run_or_warn(
     return run_id
 
 
+def _use_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
+    """Switch the file to WAL mode (once per file). Two processes creating the file at once:
+    SQLite answers "locked" to the switch at once, without waiting on its busy timeout, so the
+    switch is retried until `timeout_s` has passed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
 # -- rows → dicts -------------------------------------------------------------------------------
 
 
@@ -537,12 +553,27 @@ def _text(value) -> str | None:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
+# Columns named as in the first run records; the record's key today, then its older name.
+_RECORD_KEYS = {
+    "item_id": ("id",),
+    "frames": ("frame_count", "frames"),
+    "output_tokens": ("generated_tokens", "output_tokens"),
+}
+
+
+def _record_value(item: dict, column: str):
+    for key in _RECORD_KEYS.get(column, (column,)):
+        if key in item:
+            return item[key]
+    return None
+
+
 def _item_row(item: dict) -> tuple:
     """An item's column values; what a record from elsewhere (an imported run.json) holds in
     the wrong type is stored as the reader expects it: numbers or NULL, text, lists, dicts."""
     values = []
     for column in _ITEM_COLUMNS:
-        value = item.get("id" if column == "item_id" else column)
+        value = _record_value(item, column)
         if column in _INT_COLUMNS:
             value = _int_or_none(value)
         elif column == "frame_sha256":
@@ -562,7 +593,7 @@ def _items_of(record: dict) -> list[dict]:
 
 
 def _item_dict(row: sqlite3.Row) -> dict:
-    item = {("id" if c == "item_id" else c): row[c] for c in _ITEM_COLUMNS}
+    item = {_RECORD_KEYS.get(c, (c,))[0]: row[c] for c in _ITEM_COLUMNS}
     item["frame_sha256"] = json.loads(row["frame_sha256"]) if row["frame_sha256"] else []
     item["error"] = json.loads(row["error"]) if row["error"] else None
     return item
