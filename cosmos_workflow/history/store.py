@@ -140,20 +140,28 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version >= target:
         return version
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _write(conn):
         # Another process may have migrated between the read above and the lock.
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         for step in MIGRATIONS[version:target]:
             for statement in step:
                 conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {int(target)}")
-        conn.execute("COMMIT")
+    return version
+
+
+@contextlib.contextmanager
+def _write(conn: sqlite3.Connection) -> Iterator[None]:
+    """One IMMEDIATE write transaction on an autocommit connection: committed when the block
+    ends (returns included), rolled back when it raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
     except BaseException:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
         raise
-    return version
+    conn.execute("COMMIT")
 
 
 def record_sha256(record: dict) -> str:
@@ -311,13 +319,11 @@ class History:
         counts = record.get("counts") if isinstance(record.get("counts"), dict) else {}
 
         def insert(conn: sqlite3.Connection) -> int:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _write(conn):
                 row = conn.execute(
                     "SELECT id FROM runs WHERE record_sha256 = ?", (digest,)
                 ).fetchone()
                 if row is not None:
-                    conn.execute("COMMIT")
                     return row[0]
                 cursor = conn.execute(
                     "INSERT INTO runs (record_sha256, job_id, host, transport, runner, model, "
@@ -354,11 +360,6 @@ class History:
                         for position, item in enumerate(_items_of(record))
                     ],
                 )
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
             return run_id
 
         return self._run(insert, create=True)

@@ -123,8 +123,9 @@ class UpsamplePipeline:
         results = self.execute(record, staged, on_event, launch=launch)
         self.collect(record, staged, results, save_dir, finished=launch, overwrite=overwrite)
         record.finish()
-        atomic_write_json(save_dir / "runs" / f"{record.job_id}.json", record.to_dict())
-        atomic_write_json(save_dir / "run.json", record.to_dict())
+        data = record.to_dict()
+        atomic_write_json(save_dir / "runs" / f"{record.job_id}.json", data)
+        atomic_write_json(save_dir / "run.json", data)
         return record
 
     def plan(
