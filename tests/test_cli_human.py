@@ -868,3 +868,13 @@ def test_remote_results_needs_the_budget_flags_the_job_was_started_with(setup, w
         assert f"not {job_id}" in cosmos("remote", "results", job_id, prompts, *flags).stderr
     same = cosmos("remote", "results", job_id, prompts, "--save-dir", workdir / "again")
     assert same.exit_code == 0, same.output
+
+
+def test_remote_results_with_no_input_takes_local_prompts_dir(setup, workdir):
+    job_id, prompts = finished_job(setup, workdir)
+    (workdir / "inputs").mkdir()
+    prompts.rename(workdir / "inputs" / "prompts")  # [paths] local_prompts_dir's default
+    result = cosmos("remote", "results", job_id, "--save-dir", workdir / "again")
+    assert result.exit_code == 0, result.output
+    assert f"job {job_id}" in result.stdout
+    assert (workdir / "again" / "office_handover.json").is_file()

@@ -133,7 +133,13 @@ def cancel(
 def results(
     ctx: typer.Context,
     job: Annotated[str, typer.Argument(help="The job id.")],
-    inputs: Annotated[list[Path], typer.Argument(help="The same specs the job was started with.")],
+    inputs: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="The same specs the job was started with (default: paths.local_prompts_dir).",
+            show_default=False,
+        ),
+    ] = None,
     max_resolution: Annotated[
         str | None, typer.Option(help="As given to `cosmos upsample`.")
     ] = None,
