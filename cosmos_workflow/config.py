@@ -39,6 +39,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 APP_NAME = "cosmos-workflow"
 ENV_PREFIX = "COSMOS_"
+NOT_CONFIG_ENV = ("COSMOS_USER_DIR", "COSMOS_DEBUG", "COSMOS_SERVER_API_KEY")
 # What a POSIX shell accepts as a variable name (the worker's environment is set through one).
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -338,6 +339,21 @@ SCHEMA: dict[str, dict[str, Field]] = {
             _as_path, "./inputs/hint_videos", "where `cosmos prepare` writes frames and hint videos"
         ),
     },
+    "server": {
+        "idle_timeout_min": Field(
+            _as_positive_float,
+            30.0,
+            "the warm server (`cosmos serve start`) stops itself after this many minutes "
+            "without a request, so a forgotten one does not hold a rented GPU",
+        ),
+        "port": Field(_as_port, 8765, "the warm server's port on the host's loopback (127.0.0.1)"),
+        "endpoint": Field(
+            _as_str,
+            "",
+            "an OpenAI-compatible server you run yourself, e.g. http://gpu:8000/v1: `cosmos "
+            "upsample` sends every item there (API key: COSMOS_SERVER_API_KEY)",
+        ),
+    },
     "ffmpeg": {
         "binary": Field(_as_str, "ffmpeg", "ffmpeg executable (name on PATH or a path)"),
         "ffprobe": Field(_as_str, "ffprobe", "ffprobe executable (name on PATH or a path)"),
@@ -369,6 +385,7 @@ DockerConfig = _section_class("docker")
 WorkerConfig = _section_class("worker")
 UpsamplingConfig = _section_class("upsampling")
 FfmpegConfig = _section_class("ffmpeg")
+ServerConfig = _section_class("server")
 _SECTION_CLASSES = {
     "remote": RemoteConfig,
     "paths": PathsConfig,
@@ -376,6 +393,7 @@ _SECTION_CLASSES = {
     "worker": WorkerConfig,
     "upsampling": UpsamplingConfig,
     "ffmpeg": FfmpegConfig,
+    "server": ServerConfig,
 }
 
 
@@ -389,6 +407,7 @@ class Config:
     worker: Any
     upsampling: Any
     ffmpeg: Any
+    server: Any = None
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
     files: tuple[str, ...] = ()
 
@@ -562,7 +581,9 @@ def load_config(
         files.append(str(project_file))
 
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in ("COSMOS_USER_DIR", "COSMOS_DEBUG"):
+        # COSMOS_SERVER_API_KEY is a secret read where it is used, never a config value (so
+        # `config show` cannot print it).
+        if not name.startswith(ENV_PREFIX) or name in NOT_CONFIG_ENV:
             continue
         rest = name[len(ENV_PREFIX) :].lower()
         section = next((s for s in SCHEMA if rest.startswith(s + "_")), None)

@@ -78,3 +78,10 @@ class RemoteCommandError(CosmosError):
 class WorkerError(CosmosError):
     code = "worker"
     exit_code = 5
+
+
+class ServerError(CosmosError):
+    """The warm server (`cosmos serve`): not running, not ready, failed to start, unreachable."""
+
+    code = "server"
+    exit_code = 5

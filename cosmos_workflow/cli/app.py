@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import check, config_cmd, limits, prepare, remote, upsample
+from . import check, config_cmd, limits, prepare, remote, serve, upsample
 
 app = typer.Typer(
     name="cosmos",
@@ -55,6 +55,7 @@ app.command("prepare")(prepare.prepare)
 app.command("upsample")(upsample.upsample)
 app.add_typer(remote.app, name="remote")
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(serve.app, name="serve")
 
 
 def main() -> None:

@@ -58,6 +58,8 @@ def render_record(record) -> None:
     data = record.to_dict()
     if record.dry_run:
         title = "dry run: nothing sent"
+    elif record.mode == "server":
+        title = "served by the warm server"
     elif record.job_id:
         title = f"job {record.job_id}"
     else:
@@ -224,6 +226,22 @@ def upsample(
             "--cancel-on-interrupt", help="On Ctrl+C, cancel the job on the host without asking."
         ),
     ] = False,
+    server: Annotated[
+        bool | None,
+        typer.Option(
+            "--server/--no-server",
+            help="Require the warm server (`cosmos serve start`) / force a batch job. "
+            "Default: the server when one is ready with this run's settings, else a job.",
+        ),
+    ] = None,
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="An OpenAI-compatible server of your own, e.g. http://gpu:8000/v1 "
+            "(API key: COSMOS_SERVER_API_KEY). Default: [server] endpoint.",
+        ),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the run record.")] = False,
 ) -> None:
     """Upsample prompts with Cosmos' Pixtral upsampler on the GPU host, in one batch.
@@ -249,6 +267,8 @@ def upsample(
                 force=force,
                 overwrite=overwrite,
                 recursive=recursive,
+                server=server,
+                endpoint=endpoint,
                 on_event=reporter,
             )
     except KeyboardInterrupt:

@@ -181,6 +181,7 @@ class RunRecord:
     finished_at: str | None = None
     duration_s: float | None = None
     dry_run: bool = False
+    mode: str = "job"  # "job": the batch worker; "server": the warm server (cosmos serve)
     remote_command: str | None = None
     bytes_to_send: int = 0
     bytes_sent: int = 0
@@ -224,6 +225,7 @@ class RunRecord:
             "finished_at": self.finished_at,
             "duration_s": self.duration_s,
             "dry_run": self.dry_run,
+            "mode": self.mode,
             "remote_command": self.remote_command,
             "bytes_to_send": self.bytes_to_send,
             "bytes_sent": self.bytes_sent,

@@ -31,6 +31,7 @@ from .jobs import (
 )
 from .outputs import plan_outputs, write_outputs
 from .resolution import Budget, CheckItem, Resolution, check_writable_dir
+from .server import SERVER_LOST, TOKEN_MISMATCH, select_executor
 
 WORKER_FILE = Path(__file__).resolve().parent.parent / "remote" / "worker.py"
 MODEL_NAME = "nvidia/Cosmos-UpsamplePrompt1-12B-Transfer"
@@ -105,6 +106,8 @@ class UpsampleMixin:
         overwrite: bool = False,
         recursive: bool = False,
         collect_job: str | None = None,
+        server: bool | None = None,
+        endpoint: str | None = None,
         on_event: Events = _quiet,
     ) -> RunRecord:
         """Upsample every spec in `inputs` in one job on the host; write specs to `save_dir`.
@@ -113,7 +116,9 @@ class UpsampleMixin:
         write is never replaced; one it wrote and that was edited since is kept unless
         `overwrite`. With `collect_job`, start nothing: check that `inputs` and the options
         make that job, then download its results and write the outputs (`cosmos remote
-        results`).
+        results`). `server`: None uses a ready warm server with this run's settings, else a job;
+        True requires one; False forces a job. `endpoint` (or [server] endpoint): an
+        OpenAI-compatible URL to send the items to.
         """
         save_dir = Path(save_dir or self.config.paths.local_outputs_dir)
         budget = self.budget(frames=num_frames)
@@ -174,7 +179,26 @@ class UpsampleMixin:
             return record
 
         launch = collect_job is None
-        results = self._ship_and_run(record, staged, engine, runner, on_event, launch=launch)
+        # -- executor dispatch (issue 9): the warm server, or the batch job ------------------
+        executor = None
+        if launch:
+            executor = select_executor(
+                use_server=server,
+                endpoint=self.config.server.endpoint if endpoint is None else endpoint,
+                connect=self.connect,
+                runner=runner,
+                engine=engine,
+                journal_dir=self.cache_dir / "server-results",
+                attempts=self.config.remote.reconnect_attempts,
+                on_event=on_event,
+            )
+        if executor is not None:
+            record.mode = executor.mode
+            t0 = time.monotonic()
+            results = executor.execute(record, staged, on_event)
+            record.timings_s["run"] = round(time.monotonic() - t0, 3)
+        else:
+            results = self._ship_and_run(record, staged, engine, runner, on_event, launch=launch)
         self._collect(record, staged, results, save_dir, finished=launch, overwrite=overwrite)
         record.finish()
         atomic_write_json(save_dir / "runs" / f"{record.job_id}.json", record.to_dict())
@@ -397,6 +421,16 @@ def _budget_error(check: CheckItem) -> dict:
 # Item errors the worker reports that are not the engine refusing a request: (code, hint).
 _WORKER_ITEM_ERRORS = {
     "EmptyOutput": ("empty_output", "the same command again retries it (sampling differs)"),
+    SERVER_LOST: (
+        "server_lost",
+        "run the same command again: items already answered are kept, the rest go to a "
+        "restarted server (`cosmos serve start`) or a job (--no-server)",
+    ),
+    TOKEN_MISMATCH: (
+        "token_count_mismatch",
+        "the server counts this prompt differently from the local preflight: check that it "
+        "serves the upsampler checkpoint, or use a job (--no-server)",
+    ),
     "OutputMismatch": (
         "engine_output_mismatch",
         "the engine answered out of step; the same command again retries these items",
