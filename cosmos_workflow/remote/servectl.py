@@ -78,8 +78,10 @@ def stop(folder: str, container: str | None = None, *, sudo: bool = False) -> st
     Prints `stopped` when it was running, `not-running` otherwise (and changes nothing then).
     """
     q = shlex.quote
+    # vLLM's own session (server.pid), should the supervisor have died without stopping it.
+    leftover = f'if {_alive("server.pid")}; then kill -KILL "-$(cat server.pid)" 2>/dev/null; fi; '
     words = f"cd {q(folder)} 2>/dev/null || {{ echo not-running; exit 0; }}; "
-    words += f"if ! {_alive('pid')}; then echo not-running; exit 0; fi; "
+    words += f"if ! {_alive('pid')}; then {leftover}echo not-running; exit 0; fi; "
     if container:
         docker = "sudo -n docker" if sudo else "docker"  # -n: no terminal to ask on
         words += f"{docker} stop -t 35 {q(container)} >/dev/null 2>&1 || true; "
@@ -89,7 +91,7 @@ def stop(folder: str, container: str | None = None, *, sudo: bool = False) -> st
         'kill -TERM "-$(cat pid)" 2>/dev/null; '
         f"i=0; while {_alive('pid')} && [ $i -lt 700 ]; do sleep 0.05; i=$((i+1)); done; "
         f'if {_alive("pid")}; then kill -KILL "-$(cat pid)" 2>/dev/null; fi; '
-        "echo stopped"
+        f"{leftover}echo stopped"
     )
     return words
 

