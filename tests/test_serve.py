@@ -189,7 +189,7 @@ def test_server_flag_requires_a_server_with_one_clear_line(env, tmp_path, sshd):
     result = other.cli("upsample", prompts, "--preprocess-videos", "--server")
     assert result.exit_code == 5, result.output
     assert "error: --server: no server runs on the host" in result.stderr
-    assert not (other.work / "outputs").exists()
+    assert not list(other.work.glob("outputs/*.json"))  # nothing written
 
 
 def test_two_upsamples_at_once_are_both_served_never_crossed(env):
@@ -262,6 +262,22 @@ def test_model_that_fails_to_load_is_its_root_cause(env, tmp_path, sshd):
     assert other.cli("serve", "stop").exit_code == 0  # nothing left running: idempotent
 
 
+def test_ssh_connection_dropped_mid_batch_reconnects_and_finishes(env, sshd):
+    prompts = specs_with_prompts(env.work / "pd", [f"drop {n} " * 3 for n in range(8)], "drop")
+    before = env.journal_lines()
+    run = env.process("upsample", prompts, "--preprocess-videos", "--save-dir", "outd", "--json")
+    wait_for(lambda: env.journal_lines() > before, "a first answer")
+    assert sshd.kill_sessions() >= 1  # the CLI's connection, tunnels and all
+    stdout, stderr = run.communicate(timeout=WAIT_S)
+    assert run.returncode == 0, stderr
+    record = json.loads(stdout)["data"]
+    assert record["mode"] == "server"
+    assert all(item["status"] == "ok" for item in record["items"])
+    assert record["ops"]["connect"] >= 2  # it reconnected
+    assert "connection lost; reconnecting" in stderr
+    assert env.state()["state"] == "ready"  # the server never noticed
+
+
 def test_server_killed_mid_batch_fails_the_rest_and_the_same_command_finishes(env):
     prompts = specs_with_prompts(env.work / "pk", [f"scene {n} " * 3 for n in range(8)], "kill")
     command = ("upsample", prompts, "--preprocess-videos", "--save-dir", "outk", "--json")
@@ -283,13 +299,17 @@ def test_server_killed_mid_batch_fails_the_rest_and_the_same_command_finishes(en
         assert not (env.work / "outk" / f"{item['name']}.json").exists()
     assert sorted(p.name for p in (env.work / "outk").glob("*.tmp*")) == []
     wait_for(lambda: env.state().get("state") == "failed", "the supervisor to see the death")
+    # Right away (its supervisor may still be exiting): a new server, not "already running".
 
     # A restarted server with a short idle timeout finishes only what is left.
-    assert env.cli("serve", "start", "--idle-timeout", "0.25").exit_code == 0
+    restart = env.cli("serve", "start", "--idle-timeout", "0.25", "--json")
+    assert restart.exit_code == 0, restart.output
+    assert data(restart)["started"] is True
     served_before = data(env.cli("serve", "status", "--json"))["requests_served"]
     again = env.cli(*command)
     assert again.exit_code == 0, again.output
     record = data(again)
+    assert record["mode"] == "server"
     assert all(item["status"] == "ok" for item in record["items"])
     assert wait_for(
         lambda: env.state().get("requests_served", 0) - served_before >= len(failed), "counters"

@@ -35,7 +35,9 @@ SERVER_SETTINGS = (
 )
 # Seconds between looks at a starting server.
 START_POLL_S = 1.0
-START_TIMEOUT_S = 1800.0  # a 12B model on a slow disk loads in minutes, never half an hour
+START_TIMEOUT_S = 1800.0
+# A supervisor that has stopped its server exits within its grace period (worker.py).
+EXIT_WAIT_S = 60.0  # a 12B model on a slow disk loads in minutes, never half an hour
 
 Events = Callable[..., None]
 
@@ -172,6 +174,18 @@ def serve_start(
     wanted = server_settings(engine)
     with connect() as conn:
         current = read_status(conn, runner, engine)
+        # A supervisor that wrote "failed" or "stopped" is on its way out: wait for it to go,
+        # then start anew (it would otherwise read as "already running").
+        deadline = time.monotonic() + EXIT_WAIT_S
+        while current.alive and current.state in ("failed", "stopped"):
+            if time.monotonic() > deadline:
+                raise ServerError(
+                    f"the server {current.state} but its supervisor does not exit",
+                    "`cosmos serve stop` ends it; then start again",
+                    code="server_stuck",
+                )
+            time.sleep(0.2)
+            current = read_status(conn, runner, engine)
         if current.alive:
             return current, False
         ensure_worker(conn, runner.root, folder)

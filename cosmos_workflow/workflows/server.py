@@ -21,6 +21,7 @@ import json
 import os
 import posixpath
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -172,7 +173,9 @@ class ServerExecutor:
         on_event("progress", **progress)
         if self.target is not None:  # an endpoint: frames inline
             urls = {item.id: [data_url(p) for p in item.frame_files] for item in pending}
+            t0 = time.monotonic()
             self._send(self.target, pending, urls, results, journal, progress, on_event)
+            record.timings_s["generate"] = round(time.monotonic() - t0, 3)
             return results
         with self.connect() as conn:
             self._upload(conn, record, pending, on_event)
@@ -195,12 +198,14 @@ class ServerExecutor:
                 rest = [item for item in pending if item.id not in results]
                 self._send(target, rest, urls, results, journal, progress, on_event, conn)
 
+            t0 = time.monotonic()  # the requests alone: what the server spends generating
             reconnecting(
                 send_rest,
                 attempts=self.attempts,
                 on_event=on_event,
                 give_up=_tunnel_gave_up,
             )
+            record.timings_s["generate"] = round(time.monotonic() - t0, 3)
             record.ops = dict(conn.counters.as_dict())
         return results
 
@@ -263,6 +268,17 @@ class ServerExecutor:
 
         with ThreadPoolExecutor(max_workers=max(1, self.engine.max_num_seqs)) as pool:
             list(pool.map(one, items))
+        if server_gone and not lost and target.open_socket is not None:
+            # A request cut mid-way: the server died, or the SSH connection under the tunnel
+            # did (paramiko closes channels before it marks the transport dead). A new tunnel
+            # tells which: "connection_lost" means reconnect and send the rest.
+            try:
+                target.open_socket().close()
+            except SSHError as exc:
+                if exc.code == "connection_lost":
+                    lost.append(exc)
+            except (CosmosError, OSError):
+                pass
         if lost:
             raise lost[0]
         for item in items:
