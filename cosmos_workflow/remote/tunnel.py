@@ -56,6 +56,11 @@ class _ChannelSocket:
         self.channel.settimeout(timeout_s)
 
     def close(self) -> None:
+        """Nothing: http.client "closes" the socket of a `Connection: close` response as soon as
+        the headers are in, while the body is still to be read from makefile()'s stream (a real
+        socket stays open while that stream is). The channel is closed by `release()`."""
+
+    def release(self) -> None:
         self.channel.close()
 
 
@@ -67,7 +72,15 @@ class _TunnelHTTPConnection(http.client.HTTPConnection):
     def connect(self) -> None:
         sock = self._open_socket()
         self.sock = sock if isinstance(sock, socket.socket) else _ChannelSocket(sock)
+        self._opened = self.sock
         self.sock.settimeout(self.timeout)
+
+    def release(self) -> None:
+        """Close the connection and its channel (after the response was read)."""
+        self.close()
+        opened = getattr(self, "_opened", None)
+        if isinstance(opened, _ChannelSocket):
+            opened.release()
 
 
 @dataclass(frozen=True)
@@ -129,7 +142,7 @@ def request_json(
     except (OSError, EOFError, http.client.HTTPException, paramiko.SSHException) as e:
         raise Unreachable(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from e
     finally:
-        conn.close()
+        getattr(conn, "release", conn.close)()
     text = data.decode("utf-8", errors="replace")
     try:
         return status, json.loads(text)
