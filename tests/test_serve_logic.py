@@ -111,7 +111,28 @@ def test_port_in_use_is_named(worker):
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        assert f"port {port} on the host is already in use" in worker.port_problem(port)
+        assert f"port {port} on the host is already in use" in worker.port_problem(port, 0)
+
+
+def test_port_a_stopped_server_left_in_time_wait_is_free(worker):
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = listener.accept()
+    accepted.close()  # the server side closes first: its end waits in TIME_WAIT on `port`
+    client.close()
+    listener.close()
+    # Only closed connections hold it: a restart waits for them instead of refusing.
+    assert worker.listening_on(port) is False
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    with listener:
+        assert worker.listening_on(listener.getsockname()[1]) is True
 
 
 def _item(prompt="a cat", tokens=523) -> PlannedItem:

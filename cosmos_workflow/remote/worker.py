@@ -803,6 +803,8 @@ SERVED_MODEL_NAME = UPSAMPLER_CHECKPOINT
 # Seconds between the supervisor's looks at the server (health, metrics, child alive).
 SERVER_POLL_S = 2.0
 SERVER_STOP_GRACE_S = 30.0
+# Linux keeps a closed connection's port in TIME_WAIT for 60 s.
+PORT_WAIT_S = 65.0
 # The settings that shape the loaded engine. A run may use a running server only when these
 # equal its own; temperature, max_tokens and seed travel with each request instead.
 SERVER_SETTINGS = (
@@ -935,16 +937,51 @@ def http_get(port: int, path: str, timeout_s: float = 5.0) -> tuple:
         conn.close()
 
 
-def port_problem(port: int) -> str | None:
-    """Why 127.0.0.1:port cannot be listened on (another program holds it), or None."""
+def listening_on(port: int) -> bool | None:
+    """True when a socket LISTENs on `port` here (/proc/net/tcp, tcp6); None when unknown."""
+    readable = False
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name, encoding="ascii") as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        readable = True
+        for line in lines:
+            fields = line.split()
+            # fields[1] is "ADDR:PORT" in hex, fields[3] the state; 0A is LISTEN.
+            if (
+                len(fields) > 3
+                and fields[3] == "0A"
+                and int(fields[1].rsplit(":", 1)[1], 16) == port
+            ):
+                return True
+    return False if readable else None
+
+
+def port_problem(port: int, wait_s: float = PORT_WAIT_S) -> str | None:
+    """Why 127.0.0.1:port cannot be listened on (another program holds it), or None.
+
+    A port held only by the closed connections of a server that stopped (TIME_WAIT, up to a
+    minute) frees itself: wait for that instead of refusing a restart on the same port.
+    """
     import socket
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError as e:
-            return f"port {port} on the host is already in use ({e.strerror or e})"
-    return None
+    deadline = time.monotonic() + wait_s
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # As vLLM's server (uvicorn) binds.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+                sock.listen()
+                return None
+            except OSError as e:
+                error = e
+        if listening_on(port) is not False or time.monotonic() > deadline:
+            return f"port {port} on the host is already in use ({error.strerror or error})"
+        log.info("port %d is held by closed connections (TIME_WAIT): waiting", port)
+        time.sleep(1.0)
 
 
 def vllm_version_without_import() -> str | None:
