@@ -319,8 +319,12 @@ def test_server_killed_mid_batch_fails_the_rest_and_the_same_command_finishes(en
     # The watchdog: no request for 15 s and the server stops itself.
     stopped = wait_for(lambda: env.state().get("state") == "stopped" and env.state(), "idle stop")
     assert stopped["stop_reason"].startswith("idle for")
-    status = data(env.cli("serve", "status", "--json"))
-    assert status["state"] == "stopped" and not status["alive"]
+    # Its supervisor exits right after writing "stopped".
+    status = wait_for(
+        lambda: (s := data(env.cli("serve", "status", "--json")))["alive"] is False and s,
+        "the supervisor to exit",
+    )
+    assert status["state"] == "stopped"
     assert not Path(f"/proc/{stopped['server_pid']}").exists()
 
 
