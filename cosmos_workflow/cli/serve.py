@@ -74,7 +74,7 @@ def start(
             "--idle-timeout",
             min=0.01,
             metavar="MINUTES",
-            help="Stop after this long without a request (default [server] idle_timeout_min).",
+            help="Stop after this long without a request (default \\[server] idle_timeout_min).",
         ),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,

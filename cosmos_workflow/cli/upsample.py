@@ -239,7 +239,7 @@ def upsample(
         typer.Option(
             metavar="URL",
             help="An OpenAI-compatible server of your own, e.g. http://gpu:8000/v1 "
-            "(API key: COSMOS_SERVER_API_KEY). Default: [server] endpoint.",
+            "(API key: COSMOS_SERVER_API_KEY). Default: \\[server] endpoint.",
         ),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the run record.")] = False,

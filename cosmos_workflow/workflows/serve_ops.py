@@ -211,7 +211,15 @@ def serve_start(
                 wanted,
                 _container(runner),
             )
-            if status.state == "ready" or status.state in ("failed", "stopped"):
+            if status.state == "ready":
+                break
+            if status.state in ("failed", "stopped"):
+                # Return once its supervisor is gone too: nothing is left running, and a
+                # status or start right after sees it stopped, not "already running".
+                exit_deadline = time.monotonic() + EXIT_WAIT_S
+                while status.alive and time.monotonic() < exit_deadline:
+                    time.sleep(0.1)
+                    status = read_status(conn, runner, engine)
                 break
             if time.monotonic() > deadline:
                 raise ServerError(
