@@ -369,10 +369,21 @@ def case_batch_1000(ws: Workspace) -> list[Row]:
 # -- (g) warm server vs cold job (the REAL vLLM engine, tiny Pixtral) ------------------------
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _this_cosmos(ws: Workspace, work: Path) -> tuple[list[str], dict]:
+    """This checkout's CLI (the venv's `cosmos` may be another checkout's editable install)."""
+    env = ws.env(work / "user")
+    env["PYTHONPATH"] = str(REPO)
+    return [sys.executable, "-m", "cosmos_workflow"], env
+
+
 def _engine_upsample(ws: Workspace, work: Path, specs: Path, label: str, *extra: str):
-    argv = [ws.tools["cosmos"], "upsample", str(specs), "--preprocess-videos",
+    cosmos, env = _this_cosmos(ws, work)
+    argv = [*cosmos, "upsample", str(specs), "--preprocess-videos",
             "--save-dir", str(work / f"out-{label}"), *extra, "--json"]  # fmt: skip
-    run = run_measured(argv, cwd=work, env=ws.env(work / "user"), out_prefix=work / label)
+    run = run_measured(argv, cwd=work, env=env, out_prefix=work / label)
     if run.exit_code != 0:
         raise BenchError(f"cosmos upsample {label} exited {run.exit_code}: {tail(run.stderr)}")
     record = run.json()["data"]
@@ -407,8 +418,8 @@ def case_warm_server(ws: Workspace) -> list[Row]:
         },
     )  # fmt: skip
     one, twenty = ws.specs(1, "warm-1", 1), ws.specs(20, "warm-20", 10)
-    cosmos, env = ws.tools["cosmos"], ws.env(work / "user")
-    load = run_measured([cosmos, "serve", "start"], cwd=work, env=env, out_prefix=work / "start")
+    cosmos, env = _this_cosmos(ws, work)
+    load = run_measured([*cosmos, "serve", "start"], cwd=work, env=env, out_prefix=work / "start")
     if load.exit_code != 0:
         raise BenchError(f"cosmos serve start exited {load.exit_code}: {tail(load.stderr)}")
     try:
@@ -421,7 +432,7 @@ def case_warm_server(ws: Workspace) -> list[Row]:
         warm1, rec1 = _engine_upsample(ws, work, second, "warm-1", "--server")
         warm20, rec20 = _engine_upsample(ws, work, twenty, "warm-20", "--server")
     finally:
-        subprocess.run([cosmos, "serve", "stop"], cwd=work, env=env, capture_output=True)
+        subprocess.run([*cosmos, "serve", "stop"], cwd=work, env=env, capture_output=True)
     job1, _ = _engine_upsample(ws, work, ws.specs(1, "job-1", 1), "job-1", "--no-server")
     job20, _ = _engine_upsample(ws, work, ws.specs(20, "job-20", 10), "job-20", "--no-server")
     local = warm1.wall_s - rec1["timings_s"]["generate"]

@@ -262,6 +262,28 @@ def test_model_that_fails_to_load_is_its_root_cause(env, tmp_path, sshd):
     assert other.cli("serve", "stop").exit_code == 0  # nothing left running: idempotent
 
 
+def test_endpoint_gets_frames_inline_and_the_key_is_never_shown(env, tmp_path):
+    # The server listens on this machine's loopback (the sshd is local): reach it as a plain
+    # OpenAI-compatible URL, with no SSH and nothing uploaded.
+    key = "sk-test-never-shown-7f3a"
+    url = f"http://127.0.0.1:{env.server['port']}/v1"
+    prompts = specs_with_prompts(env.work / "pe", ["an endpoint prompt"], "endpoint")
+    process_env = dict(os.environ, COSMOS_SERVER_API_KEY=key)
+    run = subprocess.run(
+        [sys.executable, "-m", "cosmos_workflow", "upsample", str(prompts), "--preprocess-videos",
+         "--endpoint", url, "--save-dir", "oute", "--json"],
+        cwd=env.work, env=process_env, capture_output=True, text=True, timeout=WAIT_S,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    record = json.loads(run.stdout)["data"]
+    assert record["mode"] == "server" and record["bytes_sent"] == 0
+    (item,) = record["items"]
+    assert item["status"] == "ok" and item["prompt_tokens_engine"] == item["prompt_tokens_local"]
+    assert f"mode: server at {url}" in run.stderr
+    written = [p.read_text() for p in (env.work / "oute").rglob("*.json")]
+    assert key not in run.stdout + run.stderr and not any(key in text for text in written)
+
+
 def test_ssh_connection_dropped_mid_batch_reconnects_and_finishes(env, sshd):
     prompts = specs_with_prompts(env.work / "pd", [f"drop {n} " * 3 for n in range(8)], "drop")
     before = env.journal_lines()
