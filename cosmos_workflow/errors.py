@@ -85,3 +85,10 @@ class HistoryError(CosmosError):
 
     code = "history"
     exit_code = 2
+
+
+class ServerError(CosmosError):
+    """The warm server (`cosmos serve`): not running, not ready, failed to start, unreachable."""
+
+    code = "server"
+    exit_code = 5

@@ -20,6 +20,8 @@ Cases (--only takes a name or its letter; a letter selects every case of that le
                        frame cache): FrameCache.frames_many vs one ffmpeg per clip, 4 threads
   h  check-repeat      `cosmos check ONE_SPEC --json` (a real clip), wall time of the CLI
                        subprocess: a repeat (token counts cached) vs the first (cold cache)
+  i  warm-server       1 and 20 specs through a warm `vllm serve` (cosmos serve) vs cold jobs,
+                       the REAL engine (tiny Pixtral, engine venv); the local part of a warm run
 
 Batches run the real CLI against the test suite's throwaway OpenSSH sshd on 127.0.0.1 with the
 stand-in engine (tests/fake_vllm), cold on both sides. The CLI runs this checkout's code
@@ -443,6 +445,92 @@ def case_check_repeat(ws: Workspace) -> list[Row]:
     ]  # fmt: skip
 
 
+# -- (i) warm server vs cold job (the REAL vLLM engine, tiny Pixtral) ------------------------
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _this_cosmos(ws: Workspace, work: Path) -> tuple[list[str], dict]:
+    """This checkout's CLI (the venv's `cosmos` may be another checkout's editable install)."""
+    env = ws.env(work / "user")
+    env["PYTHONPATH"] = str(REPO)
+    return [sys.executable, "-m", "cosmos_workflow"], env
+
+
+def _engine_upsample(ws: Workspace, work: Path, specs: Path, label: str, *extra: str):
+    cosmos, env = _this_cosmos(ws, work)
+    argv = [*cosmos, "upsample", str(specs), "--preprocess-videos",
+            "--save-dir", str(work / f"out-{label}"), *extra, "--json"]  # fmt: skip
+    run = run_measured(argv, cwd=work, env=env, out_prefix=work / label)
+    if run.exit_code != 0:
+        raise BenchError(f"cosmos upsample {label} exited {run.exit_code}: {tail(run.stderr)}")
+    record = run.json()["data"]
+    if record["counts"]["ok"] != record["counts"]["total"]:
+        raise BenchError(f"cosmos upsample {label}: not every item ok: {record['counts']}")
+    return run, record
+
+
+def case_warm_server(ws: Workspace) -> list[Row]:
+    """One spec and 20 specs through a warm `vllm serve` vs cold jobs, real engine, one at a
+    time (the server is stopped before the jobs run: one vLLM process at once)."""
+    from tests.engine import engine_python, tiny_model_dir
+    from tests.sshd import free_port
+    from tests.upsample_env import real_checkpoint, real_worker, sshd_remote, write_config
+
+    python = engine_python()
+    if python is None:
+        raise BenchError(
+            "no engine venv: run scripts/setup_engine.sh (or set COSMOS_ENGINE_PYTHON)"
+        )
+    work = ws.folder("warm-server")
+    host = work / "host" / "cosmos-transfer1"
+    host.mkdir(parents=True)
+    write_config(
+        work / "config.toml",
+        {
+            "remote": sshd_remote(ws.sshd()),
+            "paths": {"remote_dir": str(host), "cache_dir": str(work / "cache")},
+            "worker": real_worker(python, real_checkpoint(work, tiny_model_dir(python)),
+                                  work / "engine-work"),
+            "server": {"port": free_port()},
+        },
+    )  # fmt: skip
+    one, twenty = ws.specs(1, "warm-1", 1), ws.specs(20, "warm-20", 10)
+    cosmos, env = _this_cosmos(ws, work)
+    load = run_measured([*cosmos, "serve", "start"], cwd=work, env=env, out_prefix=work / "start")
+    if load.exit_code != 0:
+        raise BenchError(f"cosmos serve start exited {load.exit_code}: {tail(load.stderr)}")
+    try:
+        _engine_upsample(ws, work, one, "warmup", "--server")  # frames cached, like a 2nd try
+        # Another prompt: the same one would be answered from the run's journal, not generated.
+        second = ws.specs(1, "warm-1b", 1)
+        spec_file = next(second.glob("*.json"))
+        spec = json.loads(spec_file.read_text())
+        spec_file.write_text(json.dumps(dict(spec, prompt=spec["prompt"] + " Again.")))
+        warm1, rec1 = _engine_upsample(ws, work, second, "warm-1", "--server")
+        warm20, rec20 = _engine_upsample(ws, work, twenty, "warm-20", "--server")
+    finally:
+        subprocess.run([*cosmos, "serve", "stop"], cwd=work, env=env, capture_output=True)
+    job1, _ = _engine_upsample(ws, work, ws.specs(1, "job-1", 1), "job-1", "--no-server")
+    job20, _ = _engine_upsample(ws, work, ws.specs(20, "job-20", 10), "job-20", "--no-server")
+    local = warm1.wall_s - rec1["timings_s"]["generate"]
+    r1, r20 = job1.wall_s / warm1.wall_s, job20.wall_s / warm20.wall_s
+    return [
+        Row("warm-server", "1 spec: warm server vs cold job (real engine, tiny Pixtral)",
+            warm1.wall_s, "s", job1.wall_s, r1, f"{r1:.1f}× faster", "≥ 10×", r1 >= 10,
+            f"server load (cosmos serve start) {load.wall_s:.1f} s, paid once; job "
+            f"timings_s: {_timings(rec1)}"),
+        Row("warm-server", "20 specs: warm server vs cold job", warm20.wall_s, "s",
+            job20.wall_s, r20, f"{r20:.1f}× faster", "report",
+            detail=f"warm timings_s: {_timings(rec20)}"),
+        Row("warm-server", "local part of a warm 1-spec run (all but generation)", local, "s",
+            goal="< 1 s", passed=local < 1.0,
+            detail=f"wall {warm1.wall_s:.2f} s - generation {rec1['timings_s']['generate']:.2f} s"
+            " (CLI start, plan, frames from the cache, SSH connect + tunnel, outputs)"),
+    ]  # fmt: skip
+
+
 MEDIA_TOOLS = ("ffmpeg", "ffprobe")
 HOST_TOOLS = (*MEDIA_TOOLS, "cosmos", "ssh-keygen", "sshd")
 # name: (letter, function, the executables it needs)
@@ -458,6 +546,7 @@ CASES = {
     "batch-1000": ("f", case_batch_1000, HOST_TOOLS),
     "stage-100": ("g", case_stage_100, MEDIA_TOOLS),
     "check-repeat": ("h", case_check_repeat, (*MEDIA_TOOLS, "cosmos")),
+    "warm-server": ("i", case_warm_server, HOST_TOOLS),
 }
 
 
@@ -507,7 +596,7 @@ def selected(only: list[str] | None) -> list[str]:
     for word in only:
         matches = [n for n, (letter, *_) in CASES.items() if word in (n, letter)]
         if not matches:
-            raise SystemExit(f"error: unknown case {word!r}; one of: {', '.join(CASES)}, a-h")
+            raise SystemExit(f"error: unknown case {word!r}; one of: {', '.join(CASES)}, a-i")
         names += [m for m in matches if m not in names]
     return [n for n in CASES if n in names]
 
@@ -517,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer reps, smaller inputs")
-    parser.add_argument("--only", nargs="+", metavar="NAME", help="case names or letters a-h")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="case names or letters a-i")
     parser.add_argument("--json", action="store_true", help="print JSON to stdout")
     args = parser.parse_args(argv)
     try:

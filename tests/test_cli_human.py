@@ -84,7 +84,13 @@ DRIVEN = {
         "--recursive",
         "--cancel-on-interrupt",
         "--overwrite",
+        "--server",
+        "--endpoint",
     },
+    "serve start": {"--idle-timeout"},
+    "serve status": set(),
+    "serve logs": {"--follow", "--lines"},
+    "serve stop": set(),
     "remote check": set(),
     "remote trust": {"--yes"},
     "remote status": set(),
@@ -614,7 +620,8 @@ def command_tree() -> dict[str, set[str]]:
             walk(sub, f"{path} {name}".strip())
 
     walk(typer.main.get_command(app), "")
-    return {path: opts for path, opts in tree.items() if opts or path not in ("remote", "config")}
+    groups = ("remote", "config", "serve")
+    return {path: opts for path, opts in tree.items() if opts or path not in groups}
 
 
 def test_every_option_is_driven_here():
@@ -878,3 +885,83 @@ def test_remote_results_with_no_input_takes_local_prompts_dir(setup, workdir):
     assert result.exit_code == 0, result.output
     assert f"job {job_id}" in result.stdout
     assert (workdir / "again" / "office_handover.json").is_file()
+
+
+# -- the warm server: what the stand-in host lets us drive (the real one: test_serve.py) -------
+
+
+def test_upsample_server_flags_say_which_mode_and_why(setup, workdir):
+    prompts = seed_specs(workdir / "prompts")
+    required = cosmos("upsample", prompts, "--server", "--save-dir", workdir / "out")
+    assert required.exit_code == 5, required.output
+    assert required.stderr.splitlines()[-2] == "error: --server: no server runs on the host"
+    assert required.stderr.splitlines()[-1].startswith("hint: `cosmos serve start` starts one")
+    assert not list(workdir.glob("out/*.json"))
+
+    auto = cosmos("upsample", prompts, "--save-dir", workdir / "out")
+    assert auto.exit_code == 0, auto.output
+    assert "mode: job (no server runs on the host)" in auto.stderr
+    forced = cosmos("upsample", prompts, "--no-server", "--save-dir", workdir / "out2")
+    assert forced.exit_code == 0, forced.output
+    assert "mode: job (--no-server)" in forced.stderr
+    assert json.loads((workdir / "out2" / "run.json").read_text())["mode"] == "job"
+
+
+def test_upsample_endpoint_that_is_not_a_url_or_not_answering_is_one_line(setup, workdir):
+    prompts = seed_specs(workdir / "prompts")
+    bad = cosmos("upsample", prompts, "--endpoint", "gpu:8000")
+    assert bad.exit_code == 5, bad.output
+    assert bad.stderr.splitlines()[-2] == "error: 'gpu:8000' is not an http:// or https:// URL"
+    with socket_on_a_free_port() as port:
+        url = f"http://127.0.0.1:{port}/v1"
+    silent = cosmos("upsample", prompts, "--endpoint", url)
+    assert silent.exit_code == 5, silent.output
+    (line,) = [x for x in silent.stderr.splitlines() if x.startswith("error:")]
+    assert line.startswith(f"error: the endpoint {url} does not answer")
+
+
+def socket_on_a_free_port():
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+
+    class Port:
+        def __enter__(self):
+            return sock.getsockname()[1]
+
+        def __exit__(self, *exc):
+            sock.close()
+
+    return Port()
+
+
+def test_serve_start_on_a_host_without_vllm_is_one_line_and_stop_is_idempotent(setup, host):
+    # The stand-in host's Python has no vLLM distribution: the supervisor says so and stops.
+    start = cosmos("serve", "start", "--idle-timeout", 2.5)
+    assert start.exit_code == 5, start.output
+    errors = [x for x in start.stderr.splitlines() if x.startswith(("error:", "hint:"))]
+    assert errors[0].startswith("error: the server did not start: vLLM is not installed for ")
+    server = host / "cosmos_workflow" / "server"
+    assert json.loads((server / "request.json").read_text())["idle_timeout_s"] == 150.0
+
+    status = json.loads(cosmos("serve", "status", "--json").stdout)["data"]
+    assert status["state"] == "failed" and not status["alive"]
+    assert status["error"].startswith("vLLM is not installed")
+    human = cosmos("serve", "status")
+    assert "error: vLLM is not installed" in human.stderr
+
+    logs = cosmos("serve", "logs", "--lines", 1)
+    assert logs.exit_code == 0 and "server not started: vLLM is not installed" in logs.stdout
+    followed = cosmos("serve", "logs", "--follow")  # nothing runs: prints and returns
+    assert "server not started" in followed.stdout
+
+    for _ in range(2):
+        stop = cosmos("serve", "stop")
+        assert stop.exit_code == 0 and "no server was running" in stop.stderr
+
+
+def test_serve_logs_before_any_server_says_so(setup):
+    result = cosmos("serve", "logs")
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[0] == "error: no server was ever started on the host"

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import check, config_cmd, history, limits, prepare, remote, report, upsample
+from . import check, config_cmd, history, limits, prepare, remote, report, serve, upsample
 
 app = typer.Typer(
     name="cosmos",
@@ -57,6 +57,7 @@ app.add_typer(remote.app, name="remote")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(history.app, name="history")
 app.command("report")(report.report)
+app.add_typer(serve.app, name="serve")
 
 
 def main() -> None:

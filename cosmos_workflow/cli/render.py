@@ -156,6 +156,8 @@ def render_record(record) -> None:
     data = record.to_dict()
     if record.dry_run:
         title = "dry run: nothing sent"
+    elif record.mode == "server":
+        title = "served by the warm server"
     elif record.job_id:
         title = f"job {record.job_id}"
     else:
@@ -194,6 +196,12 @@ def render_record(record) -> None:
         err.print(f"would send up to {record.bytes_to_send:,} bytes of frames")
         if record.remote_command:
             err.print(f"would run: {record.remote_command}", markup=False)
+        if record.mode == "auto":
+            err.print(
+                "(or the warm server, when one is ready on the host with these settings: "
+                "`cosmos serve status`)",
+                markup=False,
+            )
     else:
         counts = data["counts"]
         err.print(
@@ -220,6 +228,7 @@ class Reporter:
         self.task = self.progress.add_task("preparing", total=None, failed=0)
         self.last_reported = -1
         self.job_id: str | None = None
+        self.mode: str | None = None
 
     def __enter__(self) -> Reporter:
         self.progress.__enter__()
@@ -231,6 +240,10 @@ class Reporter:
     def __call__(self, kind: str, **data) -> None:
         if kind == "job":
             self.job_id = data["job_id"]
+        elif kind == "mode":
+            self.mode = data["mode"]
+            line = f"mode: {data['mode']} ({data['why']})"
+            self.progress.console.print(line, markup=False, highlight=False)
         elif kind == "stage":
             self.progress.update(self.task, description=data["message"])
             if not self.live:

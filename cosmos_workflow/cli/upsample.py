@@ -13,8 +13,13 @@ from .output import err, handle_errors
 from .render import Reporter, report
 
 
-def _interrupted(orch, job_id: str | None, cancel: bool):
+def _interrupted(orch, reporter: Reporter, cancel: bool):
     """Ctrl+C: stop streaming; cancel the remote job if asked (or told to); exit 130."""
+    job_id = reporter.job_id
+    if reporter.mode == "server":
+        err.print("interrupted: the answers that came are kept (nothing was written yet)")
+        err.print("resume: run the same command again; only the items without one are sent")
+        raise typer.Exit(130)
     if job_id is None:
         err.print("interrupted before anything was started on the host")
         raise typer.Exit(130)
@@ -81,15 +86,34 @@ def upsample(
             "--cancel-on-interrupt", help="On Ctrl+C, cancel the job on the host without asking."
         ),
     ] = False,
+    server: Annotated[
+        bool | None,
+        typer.Option(
+            "--server/--no-server",
+            help="Require the warm server (`cosmos serve start`) / force a batch job. "
+            "Default: the server when one is ready with this run's settings, else a job.",
+        ),
+    ] = None,
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="An OpenAI-compatible server of your own, e.g. http://gpu:8000/v1 "
+            "(API key: COSMOS_SERVER_API_KEY). Default: \\[server] endpoint.",
+        ),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the run record.")] = False,
 ) -> None:
-    """Upsample prompts with Cosmos' Pixtral upsampler on the GPU host, in one batch.
+    """Upsample prompts with Cosmos' Pixtral upsampler on the GPU host.
 
     Example: cosmos upsample inputs/prompts/ --preprocess-videos --save-dir outputs/
 
+    The items go to the warm server (`cosmos serve start`) when one is ready on the host with
+    this run's settings, else to a batch job that loads the model; it says which and why.
+
     Exit codes: 0 all items upsampled; 1 some items failed (see the table or run.json);
-    2 bad input; 3 unreadable video; 4 SSH or transfer failure; 5 the worker failed;
-    130 interrupted (the job keeps running on the host unless cancelled).
+    2 bad input; 3 unreadable video; 4 SSH or transfer failure; 5 the worker or the server
+    failed; 130 interrupted (a job keeps running on the host unless cancelled).
     """
     orch = orchestrator(ctx)
     reporter = Reporter()
@@ -108,9 +132,11 @@ def upsample(
                 force=force,
                 overwrite=overwrite,
                 recursive=recursive,
+                server=server,
+                endpoint=endpoint,
                 on_event=reporter,
             )
     except KeyboardInterrupt:
-        _interrupted(orch, reporter.job_id, cancel_on_interrupt)
+        _interrupted(orch, reporter, cancel_on_interrupt)
     report(record, json_output=json_output)
     raise typer.Exit(record.exit_code)

@@ -39,6 +39,9 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 APP_NAME = "cosmos-workflow"
 ENV_PREFIX = "COSMOS_"
+# COSMOS_* variables that are not config values. COSMOS_SERVER_API_KEY is a secret read where
+# it is used, never a config value (so `config show` cannot print it).
+NOT_CONFIG_ENV = ("COSMOS_USER_DIR", "COSMOS_DEBUG", "COSMOS_SERVER_API_KEY")
 
 
 def user_config_dir() -> Path:
@@ -201,7 +204,7 @@ def _apply_file(path: Path, values: dict, sources: dict) -> None:
 def _apply_environment(environ: Mapping[str, str], values: dict, sources: dict) -> None:
     by_section: dict[str, dict[str, tuple[str, str]]] = {}  # section -> key -> (name, raw)
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in ("COSMOS_USER_DIR", "COSMOS_DEBUG"):
+        if not name.startswith(ENV_PREFIX) or name in NOT_CONFIG_ENV:
             continue
         rest = name[len(ENV_PREFIX) :].lower()
         section = next((s for s in SCHEMA if rest.startswith(s + "_")), None)

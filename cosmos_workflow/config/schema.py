@@ -337,6 +337,21 @@ SCHEMA: dict[str, dict[str, Field]] = {
             _as_path, "./inputs/hint_videos", "where `cosmos prepare` writes frames and hint videos"
         ),
     },
+    "server": {
+        "idle_timeout_min": Field(
+            _as_positive_float,
+            30.0,
+            "the warm server (`cosmos serve start`) stops itself after this many minutes "
+            "without a request, so a forgotten one does not hold a rented GPU",
+        ),
+        "port": Field(_as_port, 8765, "the warm server's port on the host's loopback (127.0.0.1)"),
+        "endpoint": Field(
+            _as_str,
+            "",
+            "an OpenAI-compatible server you run yourself, e.g. http://gpu:8000/v1: `cosmos "
+            "upsample` sends every item there (API key: COSMOS_SERVER_API_KEY)",
+        ),
+    },
     "ffmpeg": {
         "binary": Field(_as_str, "ffmpeg", "ffmpeg executable (name on PATH or a path)"),
         "ffprobe": Field(_as_str, "ffprobe", "ffprobe executable (name on PATH or a path)"),
@@ -375,6 +390,7 @@ DockerConfig = _section_class("docker")
 WorkerConfig = _section_class("worker")
 UpsamplingConfig = _section_class("upsampling")
 FfmpegConfig = _section_class("ffmpeg")
+ServerConfig = _section_class("server")
 _SECTION_CLASSES = {
     "remote": RemoteConfig,
     "paths": PathsConfig,
@@ -382,6 +398,7 @@ _SECTION_CLASSES = {
     "worker": WorkerConfig,
     "upsampling": UpsamplingConfig,
     "ffmpeg": FfmpegConfig,
+    "server": ServerConfig,
 }
 
 
@@ -395,6 +412,7 @@ class Config:
     worker: Any
     upsampling: Any
     ffmpeg: Any
+    server: Any
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
     files: tuple[str, ...] = ()
 

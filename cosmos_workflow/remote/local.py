@@ -12,10 +12,12 @@ import os
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from ..errors import ServerError
 from .base import (
     Command,
     CommandResult,
@@ -64,6 +66,19 @@ class LocalConnection:
 
     def __repr__(self) -> str:
         return "<LocalConnection>"
+
+    # --- tunnels ------------------------------------------------------------------------------
+
+    def open_tunnel(self, port: int, *, timeout_s: float | None = None) -> socket.socket:
+        """A TCP connection to 127.0.0.1:`port` on this machine (what a tunnel is over SSH)."""
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=timeout_s or 15.0)
+        except OSError as e:
+            raise ServerError(
+                f"nothing answers on port {port} of this machine ({e.strerror or e})",
+                "`cosmos serve status` says whether the server runs",
+                code="tunnel_refused",
+            ) from e
 
     # --- commands -----------------------------------------------------------------------------
 

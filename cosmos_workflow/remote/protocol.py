@@ -16,6 +16,11 @@ What travels, in the order a job sees it:
 - `status.json` (worker → `cosmos remote status`), one row per job from `jobctl.status`:
   `<job_id>\\t<alive|dead>\\t<cancelled|->\\t<status.json on one line>`, then `@@gpu <csv>`.
 - `worker.py check --json`: its report on a last line `@@cosmos-check {json}`.
+- the warm server (`worker.py serve`, `servectl`): `server/request.json` (CLI → supervisor:
+  `{"version": 1, "settings": EngineSettings, "port", "idle_timeout_s"}`), `server/state.json`
+  (supervisor → CLI), printed by `servectl.probe` as `@@cosmos-server-state {json}` and
+  `@@cosmos-server-alive yes|no`. A run uses a server only when its `SERVER_SETTINGS` equal the
+  run's; `output_tokens` (as `max_tokens`), `temperature` and `seed` go with each request.
 
 Names are the same from flag to worker: `max_model_len` (context: prompt + output),
 `output_tokens` (room for the output; vLLM's `max_tokens` only at the `SamplingParams` call),
@@ -161,6 +166,13 @@ def parse_check_report(stdout: str) -> dict | None:
 
 # -- results.jsonl ----------------------------------------------------------------------------
 
+# `error.type` of a result from the warm server (the worker's are Python exception names and
+# "EmptyOutput"): no answer (the server died), a prompt count that differs from the local
+# preflight's, an HTTP error.
+SERVER_LOST = "ServerUnavailable"
+TOKEN_MISMATCH = "TokenCountMismatch"
+SERVER_REJECTED = "ServerRejected"
+
 
 def result_line(
     item_id: str,
@@ -249,3 +261,57 @@ def parse_status(stdout: str) -> tuple[list[JobRow], list[str]]:
             status = {}
         rows.append(JobRow(name, alive == "alive", cancelled == "cancelled", status))
     return rows, gpus
+
+
+# -- the warm server --------------------------------------------------------------------------
+
+SERVER_REQUEST_VERSION = 1
+SERVER_STATE_PREFIX = "@@cosmos-server-state "
+SERVER_ALIVE_PREFIX = "@@cosmos-server-alive "
+SERVER_LAUNCHED = "@@cosmos-server-launched"
+SERVER_RUNNING = "@@cosmos-server-running"
+# `servectl.logs` exits with this when no server was ever started on the host.
+NO_SERVER_EXIT = 3
+# The settings that shape the loaded engine (the worker's SERVER_SETTINGS): a run uses a running
+# server only when these are its own.
+SERVER_SETTINGS = (
+    "model",
+    "checkpoint_dir",
+    "max_model_len",
+    "max_num_seqs",
+    "frame_count",
+    "tensor_parallel_size",
+    "enable_prefix_caching",
+    "gpu_memory_utilization",
+    "enforce_eager",
+)
+
+
+def server_settings(engine: EngineSettings) -> dict:
+    """The engine settings a server is started with and compared on."""
+    settings = asdict(engine)
+    return {key: settings[key] for key in SERVER_SETTINGS}
+
+
+def server_request_json(engine: EngineSettings, port: int, idle_timeout_s: float) -> bytes:
+    request = {
+        "version": SERVER_REQUEST_VERSION,
+        "settings": asdict(engine),
+        "port": port,
+        "idle_timeout_s": idle_timeout_s,
+    }
+    return (json.dumps(request, indent=1) + "\n").encode("utf-8")
+
+
+def parse_server_probe(stdout: str) -> tuple[dict | None, bool]:
+    """`servectl.probe` output → (state.json as a dict or None, the supervisor is alive)."""
+    state, alive = None, False
+    for line in stdout.splitlines():
+        if line.startswith(SERVER_STATE_PREFIX):
+            try:
+                state = json.loads(line[len(SERVER_STATE_PREFIX) :])
+            except json.JSONDecodeError:
+                state = None
+        elif line.startswith(SERVER_ALIVE_PREFIX):
+            alive = line[len(SERVER_ALIVE_PREFIX) :].strip() == "yes"
+    return (state if isinstance(state, dict) else None), alive

@@ -105,6 +105,28 @@ def container_name(job_id: str) -> str:
     return f"cosmos-upsample-{job_id}"
 
 
+SERVER_CONTAINER = "cosmos-upsample-server"
+
+
+def server_command(settings: RunnerSettings) -> str:
+    """The shell command line that runs `worker.py serve <root>/server` (the warm server).
+
+    Docker: a container named SERVER_CONTAINER with the host's network (`--network host`), so
+    the server's 127.0.0.1 is the host's loopback, reached through the SSH tunnel; no `-p`,
+    nothing is published on the host's network.
+    """
+    if settings.kind == "docker":
+        server_dir = posixpath.join(CONTAINER_WORKSPACE, "cosmos_workflow", "server")
+        return _docker_command(
+            settings, "server", ("serve", server_dir), name=SERVER_CONTAINER, host_network=True
+        )
+    if settings.kind == "direct":
+        return _direct_command(
+            settings, "server", ("serve", posixpath.join(settings.root, "server"))
+        )
+    raise ValueError(f"unknown runner {settings.kind!r}")
+
+
 def worker_command(settings: RunnerSettings, job_id: str, *args: str) -> str:
     """The shell command line that runs `worker.py run <job dir>` (or `args`) on the host.
 
@@ -130,7 +152,14 @@ def _direct_command(settings: RunnerSettings, job_id: str, args: tuple[str, ...]
     return f"cd {shlex.quote(settings.remote_dir)} && exec {shlex.join(argv)}"
 
 
-def _docker_command(settings: RunnerSettings, job_id: str, args: tuple[str, ...]) -> str:
+def _docker_command(
+    settings: RunnerSettings,
+    job_id: str,
+    args: tuple[str, ...],
+    *,
+    name: str | None = None,
+    host_network: bool = False,
+) -> str:
     root = posixpath.join(CONTAINER_WORKSPACE, "cosmos_workflow")
     worker_args = args or ("run", posixpath.join(root, "jobs", job_id))
     gpus = f'"device={settings.cuda_visible_devices}"' if settings.cuda_visible_devices else "all"
@@ -146,9 +175,10 @@ def _docker_command(settings: RunnerSettings, job_id: str, args: tuple[str, ...]
         # so the worker would hang forever instead of exiting.
         "--init",
         "--name",
-        container_name(job_id),
+        name or container_name(job_id),
         "--gpus",
         gpus,
+        *(["--network", "host"] if host_network else []),
         # vLLM's tensor-parallel workers share memory through /dev/shm; Docker's 64 MB default
         # is far too small, and --ipc=host is what NVIDIA's own instructions use.
         "--ipc=host",

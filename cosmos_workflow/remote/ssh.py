@@ -251,6 +251,47 @@ class Connection(SFTPOperations):
             code="connection_lost",
         )
 
+    # --- tunnels ------------------------------------------------------------------------------
+
+    def open_tunnel(self, port: int, *, timeout_s: float | None = None) -> paramiko.Channel:
+        """A channel to 127.0.0.1:`port` ON THE HOST (SSH "direct-tcpip"), over this connection.
+
+        Like `ssh -L`, without a second connection or a local listening port: the host's
+        loopback service is reached, nothing is opened on the host's network. Raises SSHError
+        "tunnel_refused" when nothing listens there, "connection_lost" when the SSH connection
+        is gone.
+        """
+        # No reconnect here: tunnels are opened from several threads at once; reconnecting is
+        # the caller's (`connect()` first, and again after "connection_lost").
+        transport = self._client.get_transport() if self._client is not None else None
+        if transport is None or not transport.is_active():
+            raise self._connection_lost(f"opening a tunnel to port {port}")
+        try:
+            channel = transport.open_channel(
+                "direct-tcpip",
+                ("127.0.0.1", port),
+                ("127.0.0.1", 0),
+                timeout=timeout_s or self.settings.connect_timeout_s,
+            )
+        except paramiko.ChannelException as e:
+            raise SSHError(
+                f"nothing answers on port {port} of {self.host.description} "
+                f"(the SSH server said: {e.text or e.code})",
+                "`cosmos serve status` says whether the server runs",
+                code="tunnel_refused",
+            ) from e
+        except (paramiko.SSHException, EOFError, OSError) as e:
+            if transport.is_active():
+                raise SSHError(
+                    f"cannot open a tunnel to port {port} of {self.host.description}: {e}",
+                    "the host's sshd may forbid TCP forwarding (AllowTcpForwarding)",
+                    code="tunnel_refused",
+                ) from e
+            raise self._connection_lost(f"opening a tunnel to port {port}") from e
+        if timeout_s is not None:
+            channel.settimeout(timeout_s)
+        return channel
+
     # --- commands -----------------------------------------------------------------------------
 
     def run(

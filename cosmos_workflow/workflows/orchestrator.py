@@ -5,7 +5,9 @@ It holds the effective `Config` and two components, and mixes in one thin face p
 - `ResolutionMixin` (resolution.py): check, limits, prepare — over `Preflight` (preflight.py);
 - `UpsampleMixin` (upsample.py): upsample — `UpsamplePipeline` (pipeline.py) over `Preflight`
   and an executor (the batch job of batchjob.py, on `GpuHost`);
-- `RemoteMixin` (remote_ops.py): host readiness, host keys, jobs — over `GpuHost` (gpuhost.py).
+- `RemoteMixin` (remote_ops.py): host readiness, host keys, jobs — over `GpuHost` (gpuhost.py);
+- `ServeMixin` (serving.py): the warm server — `serve_ops` on `GpuHost`; the server's executor
+  (server.py) plugs into `UpsamplePipeline` next to the batch job.
 
 No mixin calls another: each reaches only `config`, `preflight` and `gpu_host`.
 """
@@ -17,10 +19,11 @@ from .gpuhost import GpuHost
 from .preflight import Preflight
 from .remote_ops import RemoteMixin
 from .resolution import ResolutionMixin
+from .serving import ServeMixin
 from .upsample import UpsampleMixin
 
 
-class WorkflowOrchestrator(ResolutionMixin, UpsampleMixin, RemoteMixin):
+class WorkflowOrchestrator(ResolutionMixin, UpsampleMixin, RemoteMixin, ServeMixin):
     """Everything `cosmos` does, callable from Python.
 
     >>> orchestrator = WorkflowOrchestrator()          # ./config.toml, env, defaults

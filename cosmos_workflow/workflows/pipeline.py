@@ -3,13 +3,16 @@
 - `plan`: load the specs, check each one's exact tokens (`Preflight`), choose its frame size and
   its output name; everything that can fail locally fails here, before any network traffic;
 - `stage`: extract each item's first frames into the content-addressed frame cache;
-- `execute`: the executor runs the staged items (today a batch job on the GPU host:
-  `batchjob.JobExecutor`) and returns one result per item;
+- `execute`: the executor runs the staged items (a batch job on the GPU host,
+  `batchjob.JobExecutor`, or the warm server, `server.ServerExecutor`) and returns one result
+  per item;
 - `collect`: results become upsampled specs under the save folder's rules (`outputs`).
 
-An executor has `mode`, `describe()`, `check_ready()`, `job_id(staged)`, `command(job_id)` and
-`execute(record, staged, on_event, launch=…) -> (results by item id, failure or None)`; a
-result is a `results.jsonl` line (`protocol.parse_results`).
+An executor has `mode`, `describe()`, `ready(on_event)`, `job_id(staged)`, `command(job_id)`
+and `execute(record, staged, on_event, launch=…) -> (results by item id, failure or None)`; a
+result is a `results.jsonl` line (`protocol.parse_results`). `ready` is called once the run is
+planned (never in a dry run): it fails when the items cannot run at all, and returns the
+executor that runs them (itself, or the one a chooser picked: `server.ModeChoice`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 from .. import tokens
 from ..errors import CosmosError, MediaError, SpecError
 from ..fsutil import atomic_write_json
-from ..remote.protocol import UPSAMPLER_MODEL
+from ..remote.protocol import SERVER_LOST, TOKEN_MISMATCH, UPSAMPLER_MODEL
 from ..sizing import Budget, Resolution
 from ..specs import output_names
 from .jobs import PlannedItem, RunRecord
@@ -92,7 +95,10 @@ class UpsamplePipeline:
         record.items = items
         if not dry_run:
             check_writable_dir(save_dir, "--save-dir", "save_dir_not_writable")
-            executor.check_ready()
+            executor = executor.ready(on_event)
+            record.mode = executor.mode
+            for key, value in executor.describe().items():
+                setattr(record, key, value)
         on_event("stage", message=f"planned {len(items)} item(s)")
         self.stage(items, budget)
         record.timings_s["plan_and_stage"] = round(time.monotonic() - started, 3)
@@ -120,7 +126,7 @@ class UpsamplePipeline:
             return record
 
         launch = collect_job is None
-        results = self.execute(record, staged, on_event, launch=launch)
+        results = self.execute(executor, record, staged, on_event, launch=launch)
         self.collect(record, staged, results, save_dir, finished=launch, overwrite=overwrite)
         record.finish()
         data = record.to_dict()
@@ -213,14 +219,20 @@ class UpsamplePipeline:
             item.status = "staged"
 
     def execute(
-        self, record: RunRecord, staged: list[PlannedItem], on_event: Events, *, launch=True
+        self,
+        executor,
+        record: RunRecord,
+        staged: list[PlannedItem],
+        on_event: Events,
+        *,
+        launch=True,
     ) -> dict[str, dict]:
-        """Run the staged items with the executor; {item id: result}.
+        """Run the staged items with `executor` (the ready one); {item id: result}.
 
         When the executor stopped early but some items finished, those are kept and the
         others fail with its error; when none finished, its error is raised.
         """
-        results, failure = self.executor.execute(record, staged, on_event, launch=launch)
+        results, failure = executor.execute(record, staged, on_event, launch=launch)
         if failure is not None:
             if not results:
                 raise failure
@@ -296,6 +308,16 @@ def _budget_error(check: CheckItem) -> dict:
 # Item errors the worker reports that are not the engine refusing a request: (code, hint).
 _WORKER_ITEM_ERRORS = {
     "EmptyOutput": ("empty_output", "the same command again retries it (sampling differs)"),
+    SERVER_LOST: (
+        "server_lost",
+        "run the same command again: items already answered are kept, the rest go to a "
+        "restarted server (`cosmos serve start`) or a job (--no-server)",
+    ),
+    TOKEN_MISMATCH: (
+        "token_count_mismatch",
+        "the server counts this prompt differently from the local preflight: check that it "
+        "serves the upsampler checkpoint, or use a job (--no-server)",
+    ),
     "OutputMismatch": (
         "engine_output_mismatch",
         "the engine answered out of step; the same command again retries these items",
