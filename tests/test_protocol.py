@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from cosmos_workflow.config import load_config
-from cosmos_workflow.remote import jobctl, protocol
+from cosmos_workflow.remote import jobctl, protocol, servectl
 from cosmos_workflow.remote.protocol import EngineSettings
 from cosmos_workflow.remote.runner import RunnerSettings, worker_command
 from cosmos_workflow.workflows.gpuhost import GpuHost
@@ -202,3 +202,31 @@ def test_the_worker_reads_what_the_protocol_writes_and_nothing_else(host_root):
     (job_dir / "batch.json").write_text(json.dumps(batch))
     with pytest.raises(worker.BatchError, match="settings.frame_count"):
         worker.load_batch(str(job_dir))
+
+
+# -- the warm server ----------------------------------------------------------------------------
+
+
+def test_the_server_formats_are_the_workers(tmp_path):
+    """request.json as the CLI writes it is what `worker.py serve` reads; the state.json the
+    supervisor writes is what `servectl.probe` prints and `protocol` parses back."""
+    assert worker.SERVER_SETTINGS == protocol.SERVER_SETTINGS
+    assert set(protocol.SERVER_SETTINGS) <= set(worker.DEFAULT_SETTINGS)
+    engine = EngineSettings(max_model_len=8192, frame_count=3, checkpoint_dir="/c")
+    (tmp_path / "request.json").write_bytes(protocol.server_request_json(engine, 8765, 90.0))
+    request = worker.load_server_request(str(tmp_path))
+    assert request["port"] == 8765 and request["idle_timeout_s"] == 90.0
+    assert request["settings"] == asdict(engine)
+
+    state = worker.ServerState(str(tmp_path), port=8765)
+    state.update(
+        state="ready",
+        settings={key: request["settings"][key] for key in worker.SERVER_SETTINGS},
+    )
+    probe = subprocess.run(
+        ["sh", "-c", servectl.probe(str(tmp_path))], capture_output=True, text=True, check=True
+    )
+    read, alive = protocol.parse_server_probe(probe.stdout)
+    assert alive is False  # no supervisor pid file here
+    assert read["state"] == "ready" and read["port"] == 8765
+    assert read["settings"] == protocol.server_settings(engine)
