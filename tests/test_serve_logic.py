@@ -13,12 +13,11 @@ from dataclasses import asdict
 import pytest
 
 from cosmos_workflow.config import load_config
+from cosmos_workflow.remote import protocol, servectl
 from cosmos_workflow.remote import runner as runners
-from cosmos_workflow.remote import servectl
+from cosmos_workflow.remote.protocol import EngineSettings
 from cosmos_workflow.remote.tunnel import Target
 from cosmos_workflow.specs import PromptSpec
-from cosmos_workflow.remote import protocol
-from cosmos_workflow.remote.protocol import EngineSettings
 from cosmos_workflow.workflows import serve_ops, server
 from cosmos_workflow.workflows.jobs import PlannedItem
 
