@@ -323,10 +323,16 @@ def test_server_killed_mid_batch_fails_the_rest_and_the_same_command_finishes(en
     wait_for(lambda: env.state().get("state") == "failed", "the supervisor to see the death")
     # Right away (its supervisor may still be exiting): a new server, not "already running".
 
-    # A restarted server with a short idle timeout finishes only what is left.
+    # A restarted server with a short idle timeout finishes only what is left. Two starts at
+    # once (a second terminal): one server, the other start waits for it.
+    other = env.process("serve", "start", "--idle-timeout", "0.25", "--json")
     restart = env.cli("serve", "start", "--idle-timeout", "0.25", "--json")
+    other_out, other_err = other.communicate(timeout=WAIT_S)
     assert restart.exit_code == 0, restart.output
-    assert data(restart)["started"] is True
+    assert other.returncode == 0, other_err
+    both = [data(restart), json.loads(other_out)["data"]]
+    assert sorted(s["started"] for s in both) == [False, True]
+    assert both[0]["pid"] == both[1]["pid"] and both[0]["state"] == both[1]["state"] == "ready"
     served_before = data(env.cli("serve", "status", "--json"))["requests_served"]
     again = env.cli(*command)
     assert again.exit_code == 0, again.output

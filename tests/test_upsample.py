@@ -123,6 +123,24 @@ def test_dry_run_sends_nothing(setup, workdir, host):
     assert not (host / "cosmos_workflow").exists()
     assert not (workdir / "o").exists()
     assert engine_events(setup.engine_log, "load") == []
+    # Whether a warm server takes the items is the host's to say, at run time.
+    assert record["mode"] == "auto"
+    human = upsample(prompts, "--dry-run", "--save-dir", workdir / "o")
+    assert "(or the warm server, when one is ready on the host" in human.stderr
+    assert record_of(upsample(prompts, "--dry-run", "--no-server", "--json"))["mode"] == "job"
+
+
+def test_a_run_asks_for_a_server_and_runs_the_job_on_one_ssh_connection(setup, workdir, sshd):
+    prompts = seed_specs(workdir / "prompts")
+    logins = sshd.log.count("Accepted publickey")
+    result = upsample(prompts, "--save-dir", workdir / "o", "--json")
+    assert result.exit_code == 0, result.output
+    record = record_of(result)
+    assert record["mode"] == "job"
+    assert "mode: job (no server runs on the host)" in result.stderr
+    # The server probe, the upload, the job and its results: one SSH handshake.
+    assert sshd.log.count("Accepted publickey") - logins == 1
+    assert record["ops"]["connect"] == 1
 
 
 def test_prompt_with_shell_metacharacters_stays_text(setup, workdir, tmp_path):

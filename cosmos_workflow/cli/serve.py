@@ -78,9 +78,12 @@ def start(
 
     Example: cosmos serve start --idle-timeout 60
 
-    It uses the batch job's engine settings and listens on the host's 127.0.0.1 only (the CLI
-    reaches it through the SSH connection). It stops itself after the idle timeout.
-    Exit codes: 0 ready (or already running); 2 bad config; 4 SSH failure; 5 it did not start.
+    It has the batch job's engine settings and listens on the host's 127.0.0.1.
+    The CLI reaches it through its own SSH connection.
+    It stops itself after the idle timeout without a request.
+
+    Exit codes: 0 ready (or already running); 2 bad config; 4 SSH failure;
+    5 it did not start.
     """
     orch = orchestrator(ctx)
     t0 = time.monotonic()

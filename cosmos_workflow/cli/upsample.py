@@ -108,12 +108,13 @@ def upsample(
 
     Example: cosmos upsample inputs/prompts/ --preprocess-videos --save-dir outputs/
 
-    The items go to the warm server (`cosmos serve start`) when one is ready on the host with
-    this run's settings, else to a batch job that loads the model; it says which and why.
+    Uses the warm server (`cosmos serve start`) when one is ready with these settings,
+    else a batch job that loads the model; it says which and why.
 
     Exit codes: 0 all items upsampled; 1 some items failed (see the table or run.json);
-    2 bad input; 3 unreadable video; 4 SSH or transfer failure; 5 the worker or the server
-    failed; 130 interrupted (a job keeps running on the host unless cancelled).
+    2 bad input; 3 unreadable video; 4 SSH or transfer failure;
+    5 the worker or the server failed;
+    130 interrupted (a job keeps running on the host unless cancelled).
     """
     orch = orchestrator(ctx)
     reporter = Reporter()

@@ -139,8 +139,9 @@ def serve_start(
     """Start the server (detached) and wait until it answers; (status, started by this call).
 
     A server that is already running is left as it is (`started` False; its `differences`
-    say how its settings differ from these). Raises ServerError with the root cause when the
-    model does not load, the port is taken, or the supervisor dies.
+    say how its settings differ from these); one still loading is waited for. Raises
+    ServerError with the root cause when the model does not load, the port is taken, or the
+    supervisor dies.
     """
     folder = servectl.server_dir(runner.root)
     wanted = server_settings(engine)
@@ -158,17 +159,21 @@ def serve_start(
                 )
             time.sleep(0.2)
             current = read_status(conn, runner, engine)
-        if current.alive:
+        if current.alive and current.state != "starting":
             return current, False
-        ensure_worker(conn, runner.root, folder)
-        conn.write_bytes(
-            posixpath.join(folder, "request.json"),
-            protocol.server_request_json(engine, port, idle_timeout_s),
-        )
-        on_event("stage", message="starting the server on the host")
-        command = servectl.launch(folder, runners.server_command(runner))
-        result = conn.run(ShellCommand(command))
-        started = servectl.LAUNCHED in result.stdout.split()
+        started = False
+        if current.alive:  # another start is loading it (or this one, before a dropped link)
+            on_event("stage", message="the server is already loading on the host: waiting")
+        else:
+            ensure_worker(conn, runner.root, folder)
+            conn.write_bytes(
+                posixpath.join(folder, "request.json"),
+                protocol.server_request_json(engine, port, idle_timeout_s),
+            )
+            on_event("stage", message="starting the server on the host")
+            command = servectl.launch(folder, runners.server_command(runner))
+            result = conn.run(ShellCommand(command))
+            started = servectl.LAUNCHED in result.stdout.split()
         deadline = time.monotonic() + timeout_s
         offset = 0
         while True:
