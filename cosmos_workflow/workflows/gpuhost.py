@@ -32,21 +32,23 @@ class GpuHost:
 
     def __init__(self, config: Config):
         self.config = config
-        self._shared = None  # the connection of an open `session()`
+        self._in_session = False
+        self._shared = None  # the connection of an open `session()`, once first used
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
-        """Within it, every `connect()` is the same connection (opened on first use, closed
-        at the end): a run asks the host for its server and then runs on one SSH handshake."""
-        if self._shared is not None:  # nested: the outer session's connection
+        """Within it, every `connect()` is the same connection (made on first use, closed at
+        the end): a run asks the host for its server and then runs on one SSH handshake."""
+        if self._in_session:  # nested: the outer session's connection
             yield
             return
-        self._shared = self._new_connection()
+        self._in_session = True
         try:
             yield
         finally:
-            conn, self._shared = self._shared, None
-            conn.close()
+            conn, self._shared, self._in_session = self._shared, None, False
+            if conn is not None:
+                conn.close()
 
     def runner_settings(self) -> runners.RunnerSettings:
         c = self.config
@@ -111,9 +113,11 @@ class GpuHost:
     def connect(self):
         """A connection to the host (`[remote] transport = "ssh"`) or to this machine, for a
         `with` block; inside a `session()`, the session's (the block does not close it)."""
-        if self._shared is not None:
-            return contextlib.nullcontext(self._shared)
-        return self._new_connection()
+        if not self._in_session:
+            return self._new_connection()
+        if self._shared is None:
+            self._shared = self._new_connection()
+        return contextlib.nullcontext(self._shared)
 
     def _new_connection(self):
         if self.config.remote.transport == "local":
