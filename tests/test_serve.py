@@ -138,6 +138,9 @@ def test_start_returns_when_the_server_answers(env):
     assert status["port"] == env.server["port"]
     assert status["settings"]["max_model_len"] == 4096
     assert status["settings"]["frame_count"] == 2
+    # Frames by file:// URL from the host's cache where its mistral_common reads them (not the
+    # 1.5.x of vLLM 0.8's time, as in NVIDIA's image: inline data URLs there).
+    assert status["image_urls"] == ("data" if status["vllm_version"].startswith("0.8") else "file")
     assert status["differences"] == []
     # Progress while loading: the supervisor's and vLLM's log lines reached stderr.
     assert "starting vLLM" in result.stderr

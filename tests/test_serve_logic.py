@@ -267,3 +267,11 @@ def test_endpoint_must_be_an_http_url():
     with pytest.raises(ValueError):
         Target.for_url("gpu:8000")
     assert Target.for_url("https://h/api/v1/").base_path == "/api/v1"
+
+
+def test_file_url_probe_tries_the_hosts_mistral_common(worker, tmp_path, monkeypatch):
+    assert worker.reads_file_urls(str(tmp_path)) is True  # mistral-common 1.13 reads file://
+    assert list(tmp_path.iterdir()) == []  # its probe image is removed
+    # A mistral_common that refuses the URL (as 1.5.x does): frames go inline.
+    monkeypatch.setattr(worker, "_FILE_URL_PROBE", "raise RuntimeError('Unsupported image url')")
+    assert worker.reads_file_urls(str(tmp_path)) is False

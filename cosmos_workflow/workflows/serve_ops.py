@@ -62,6 +62,7 @@ class ServerStatus:
     idle_timeout_s: float | None = None
     vllm_version: str | None = None
     media_root: str | None = None  # the frame cache as the server reads it (file:// URLs)
+    image_urls: str | None = None  # "file": frames from the host's cache; "data": inline
     log: str | None = None
     error: str | None = None
     stop_reason: str | None = None
@@ -100,6 +101,7 @@ def parse_probe(stdout: str, wanted: dict, container: str | None) -> ServerStatu
         idle_timeout_s=state.get("idle_timeout_s"),
         vllm_version=state.get("vllm_version"),
         media_root=state.get("media_root"),
+        image_urls=state.get("image_urls"),
         log=state.get("log"),
         error=error,
         stop_reason=state.get("stop_reason"),

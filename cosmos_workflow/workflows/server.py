@@ -9,8 +9,9 @@ host for a server (on the run's own SSH connection) and hands over to the server
 Each item is one chat request with the worker's message (frames first, then the text) and
 `max_tokens` = the output budget; up to `max_num_seqs` go at once. Over SSH the frames are
 uploaded to the host's content-addressed cache, as for a job, and sent as file:// URLs the
-server reads there; to an `--endpoint` they go inline as base64 data URLs. The prompt tokens
-the server reports must equal the local preflight's count, or the item fails.
+server reads there, when the host's mistral_common reads them (the server's state says:
+`image_urls`); otherwise, and to an `--endpoint`, they go inline as base64 data URLs. The
+prompt tokens the server reports must equal the local preflight's count, or the item fails.
 
 Answers are journalled locally as they come (`<cache>/server-results/<job id>.jsonl`): after a
 server died mid-batch, the same command sends only the items still without an answer.
@@ -208,24 +209,27 @@ class ServerExecutor:
         pending = [item for item in staged if item.id not in results]
         progress = {"done": len(results), "failed": 0, "total": len(staged)}
         on_event("progress", **progress)
-        if self.target is not None:  # an endpoint: frames inline
+        inline = self.target is not None or self.status.image_urls != "file"
+        if inline:  # an endpoint, or a server whose mistral_common reads no file:// URL
             urls = {item.id: [data_url(p) for p in item.frame_files] for item in pending}
+        if self.target is not None:
             t0 = time.monotonic()
             self._send(self.target, pending, urls, results, journal, progress, on_event)
             record.timings_s["generate"] = round(time.monotonic() - t0, 3)
             return results, None
         attempts = self.host.config.remote.reconnect_attempts
         with self.host.connect() as conn:
-            t0 = time.monotonic()
-            self._upload(conn, record, pending, on_event, attempts)
-            record.timings_s["ship"] = round(time.monotonic() - t0, 3)
-            media = self.status.media_root
-            urls = {
-                item.id: [
-                    f"file://{posixpath.join(media, f'{sha}.png')}" for sha in item.frame_sha256
-                ]
-                for item in pending
-            }
+            if not inline:  # frames into the host's cache, read there by file:// URL
+                t0 = time.monotonic()
+                self._upload(conn, record, pending, on_event, attempts)
+                record.timings_s["ship"] = round(time.monotonic() - t0, 3)
+                media = self.status.media_root
+                urls = {
+                    item.id: [
+                        f"file://{posixpath.join(media, f'{sha}.png')}" for sha in item.frame_sha256
+                    ]
+                    for item in pending
+                }
             port = self.status.port
 
             def open_socket():
