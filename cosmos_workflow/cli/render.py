@@ -25,6 +25,7 @@ from .output import (
 
 if TYPE_CHECKING:
     from ..workflows.preflight import CheckItem
+    from ..workflows.serve_ops import ServerStatus
 
 # -- check and prepare ------------------------------------------------------------------------
 
@@ -364,3 +365,47 @@ def render_config(rows: list[dict]) -> None:
     for row in rows:
         table.add_row(f"{row['section']}.{row['key']}", repr(row["value"]), row["source"])
     out.print(table)
+
+
+# -- the warm server ---------------------------------------------------------------------------
+
+
+def _idle(status: ServerStatus) -> str:
+    if status.idle_s is None or status.state != "ready":
+        return "-"
+    left = ""
+    if status.idle_timeout_s:
+        left = f" (stops after {status.idle_timeout_s / 60:g} min idle)"
+    return f"{status.idle_s / 60:.1f} min{left}"
+
+
+def render_server_status(status: ServerStatus) -> None:
+    table = Table("what", title=f"server: {status.state}")
+    table.add_column("value", overflow="fold")
+    where = f"container {status.container}" if status.container else f"pid {status.pid}"
+    rows = [
+        ("state", status.state),
+        ("model", status.model or "-"),
+        ("vLLM", status.vllm_version or "-"),
+        ("port", f"127.0.0.1:{status.port} on the host" if status.port else "-"),
+        ("process", where if status.alive else "-"),
+        ("started", local_time(status.started_at)),
+        ("ready", local_time(status.ready_at)),
+        ("requests served", str(status.requests_served)),
+        ("idle for", _idle(status)),
+    ]
+    rows += [(f"  {key}", "-" if v is None else str(v)) for key, v in status.settings.items()]
+    if status.stop_reason:
+        rows.append(("stopped", f"{local_time(status.stopped_at)}: {status.stop_reason}"))
+    for what, value in rows:
+        table.add_row(what, value)
+    out.print(table)
+    if status.error:
+        print_error_line("error", status.error)
+    if status.differences:
+        print_error_line(
+            "note",
+            "its settings differ from this config's, so `cosmos upsample` runs jobs instead: "
+            + "; ".join(status.differences),
+            "`cosmos serve stop`, then `cosmos serve start` with this config",
+        )

@@ -6,57 +6,15 @@ import time
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from ..workflows.serve_ops import ServerStatus
 from .common import orchestrator
-from .output import err, handle_errors, local_time, out, print_error_line, print_json
+from .output import err, handle_errors, out, print_json
+from .render import render_server_status
 
 app = typer.Typer(
     help="Keep the upsampler loaded on the GPU host: one prompt then takes seconds.",
     no_args_is_help=True,
 )
-
-
-def _idle(status: ServerStatus) -> str:
-    if status.idle_s is None or status.state != "ready":
-        return "-"
-    left = ""
-    if status.idle_timeout_s:
-        left = f" (stops after {status.idle_timeout_s / 60:g} min idle)"
-    return f"{status.idle_s / 60:.1f} min{left}"
-
-
-def render_status(status: ServerStatus) -> None:
-    table = Table("what", title=f"server: {status.state}")
-    table.add_column("value", overflow="fold")
-    where = f"container {status.container}" if status.container else f"pid {status.pid}"
-    rows = [
-        ("state", status.state),
-        ("model", status.model or "-"),
-        ("vLLM", status.vllm_version or "-"),
-        ("port", f"127.0.0.1:{status.port} on the host" if status.port else "-"),
-        ("process", where if status.alive else "-"),
-        ("started", local_time(status.started_at)),
-        ("ready", local_time(status.ready_at)),
-        ("requests served", str(status.requests_served)),
-        ("idle for", _idle(status)),
-    ]
-    rows += [(f"  {key}", str(value)) for key, value in status.settings.items()]
-    if status.stop_reason:
-        rows.append(("stopped", f"{local_time(status.stopped_at)}: {status.stop_reason}"))
-    for what, value in rows:
-        table.add_row(what, value)
-    out.print(table)
-    if status.error:
-        print_error_line("error", status.error)
-    if status.differences:
-        print_error_line(
-            "note",
-            "its settings differ from this config's, so `cosmos upsample` runs jobs instead: "
-            + "; ".join(status.differences),
-            "`cosmos serve stop`, then `cosmos serve start` with this config",
-        )
 
 
 @app.command("start")
@@ -102,7 +60,7 @@ def start(
         err.print(f"server ready in {time.monotonic() - t0:.0f} s")
     else:
         err.print("a server is already running on the host; nothing changed")
-    render_status(status)
+    render_server_status(status)
 
 
 @app.command("status")
@@ -119,7 +77,7 @@ def status(
     if json_output:
         print_json(result.to_dict())
     else:
-        render_status(result)
+        render_server_status(result)
 
 
 @app.command("logs")

@@ -242,6 +242,8 @@ class ServerExecutor:
                 rest = [item for item in pending if item.id not in results]
                 self._send(target, rest, urls, results, journal, progress, on_event, conn)
 
+            if not pending:
+                return results, None
             t0 = time.monotonic()  # the requests alone: what the server spends generating
             on_event("stage", message=f"sending {len(pending)} item(s) to the server")
             reconnecting(send_rest, attempts=attempts, on_event=on_event, give_up=_tunnel_gave_up)
@@ -393,7 +395,7 @@ def choose_mode(use_server: bool | None, status_of: Callable[[], ServerStatus]):
     if status.usable:
         return (
             "server",
-            f"a ready server on the host has this run's settings (port {status.port})",
+            f"ready on the host with this run's settings, port {status.port}",
             status,
         )
     if status.state == "ready" and status.differences:
