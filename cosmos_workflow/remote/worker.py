@@ -115,16 +115,21 @@ class OutputMismatch(Exception):
 # ---------------------------------------------------------------------------- batch and model
 
 
-def load_batch(job_dir: str) -> dict:
-    """Read and validate <job_dir>/batch.json; settings are completed with NVIDIA's defaults."""
-    path = os.path.join(job_dir, "batch.json")
+def read_json_file(path: str):
+    """The JSON in `path`; BatchError when it is missing or not JSON."""
     try:
         with open(path, encoding="utf-8") as f:
-            batch = json.load(f)
+            return json.load(f)
     except FileNotFoundError as e:
         raise BatchError(f"{path} not found") from e
     except (OSError, ValueError) as e:
         raise BatchError(f"{path} is not readable JSON: {e}") from e
+
+
+def load_batch(job_dir: str) -> dict:
+    """Read and validate <job_dir>/batch.json; settings are completed with NVIDIA's defaults."""
+    path = os.path.join(job_dir, "batch.json")
+    batch = read_json_file(path)
     if not isinstance(batch, dict):
         raise BatchError(f"{path}: expected a JSON object")
     version = batch.get("version")
@@ -1090,13 +1095,7 @@ class ServerState:
 
 def load_server_request(server_dir: str) -> dict:
     path = os.path.join(server_dir, "request.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            request = json.load(f)
-    except FileNotFoundError as e:
-        raise BatchError(f"{path} not found") from e
-    except (OSError, ValueError) as e:
-        raise BatchError(f"{path} is not readable JSON: {e}") from e
+    request = read_json_file(path)
     if not isinstance(request, dict) or not isinstance(request.get("settings"), dict):
         raise BatchError(f"{path}: expected an object with 'settings'")
     port = request.get("port")
