@@ -1526,6 +1526,8 @@ def test_hostile_input_fails_with_one_clear_error_and_writes_nothing(
         assert same(error, expect.error), human.stderr
         assert same(hint, expect.hint), human.stderr
         assert human.stdout == ""
+        # A host that cannot be reached is said once, not first as "no server there".
+        assert "could not ask the host" not in human.stderr
 
     saved = {
         re.sub(r"^runs/[0-9a-f]{16}\.json$", "runs/JOB.json", p) for p in files_under(world.save)

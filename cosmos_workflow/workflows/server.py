@@ -338,6 +338,10 @@ class ServerExecutor:
                 results[item.id] = _error(item.id, time.monotonic(), SERVER_LOST, message)
 
 
+def _gave_up(exc: SSHError, tries: int) -> SSHError:
+    return SSHError(f"{exc.message} (after {tries} attempt(s))", exc.hint, code=exc.code)
+
+
 def _tunnel_gave_up(exc: SSHError, tries: int) -> SSHError:
     return SSHError(
         f"{exc.message} (after {tries} attempt(s))",
@@ -381,13 +385,15 @@ def choose_mode(use_server: bool | None, status_of: Callable[[], ServerStatus]):
     """("server" | "job", why, status). `use_server`: None auto, True --server, False --no-server.
 
     Auto uses a server only when it is ready and has this run's settings; `--server` fails
-    (ServerError) otherwise. Asking the host may fail (it is unreachable): auto then goes the
-    job's way, which reports the failure as it always has.
+    (ServerError) otherwise. A host that cannot be reached is the run's error (SSHError); a
+    host that cannot answer the question otherwise makes auto go the job's way.
     """
     if use_server is False:
         return "job", "--no-server", None
     try:
         status = status_of()
+    except SSHError:
+        raise  # the host cannot be reached: a job could not run either
     except CosmosError as exc:
         if use_server:
             raise
@@ -476,12 +482,17 @@ class ModeChoice:
                 endpoint=self.endpoint,
             )
         host = self.job.host
+        if host.config.remote.transport == "ssh":
+            host.host_settings()  # "no GPU host configured": no host to ask, no job either
+
+        def probe() -> ServerStatus:
+            with host.connect() as conn:
+                conn.connect()  # again after a dropped connection
+                return read_status(conn, self.job.runner, engine)
 
         def status_of() -> ServerStatus:
-            if host.config.remote.transport == "ssh":
-                host.host_settings()  # "no GPU host configured" as the job says it
-            with host.connect() as conn:
-                return read_status(conn, self.job.runner, engine)
+            attempts = host.config.remote.reconnect_attempts
+            return reconnecting(probe, attempts=attempts, on_event=on_event, give_up=_gave_up)
 
         mode, why, status = choose_mode(self.use_server, status_of)
         on_event("mode", mode=mode, why=why)
