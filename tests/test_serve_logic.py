@@ -16,7 +16,7 @@ from cosmos_workflow.config import load_config
 from cosmos_workflow.remote import protocol, servectl
 from cosmos_workflow.remote import runner as runners
 from cosmos_workflow.remote.protocol import EngineSettings
-from cosmos_workflow.remote.tunnel import Target
+from cosmos_workflow.remote.tunnel import Target, shown_url
 from cosmos_workflow.specs import PromptSpec
 from cosmos_workflow.workflows import serve_ops, server
 from cosmos_workflow.workflows.jobs import PlannedItem
@@ -275,3 +275,15 @@ def test_file_url_probe_tries_the_hosts_mistral_common(worker, tmp_path, monkeyp
     # A mistral_common that refuses the URL (as 1.5.x does): frames go inline.
     monkeypatch.setattr(worker, "_FILE_URL_PROBE", "raise RuntimeError('Unsupported image url')")
     assert worker.reads_file_urls(str(tmp_path)) is False
+
+
+def test_an_endpoint_is_shown_and_recorded_without_credentials(tmp_path):
+    url = "https://user:s3cret@gpu.example:8443/v1?api_key=s3cret"
+    assert shown_url(url) == "https://gpu.example:8443/v1"
+    assert shown_url("http://[::1]:8000/v1") == "http://[::1]:8000/v1"
+    choice = server.ModeChoice(None, use_server=None, endpoint=url, journal_dir=tmp_path)
+    assert choice.mode == "server"
+    assert "s3cret" not in choice.command("0123456789abcdef")
+    # --no-server wins over an endpoint from the config.
+    forced = server.ModeChoice(None, use_server=False, endpoint=url, journal_dir=tmp_path)
+    assert forced.mode == "job"

@@ -83,6 +83,17 @@ class _TunnelHTTPConnection(http.client.HTTPConnection):
             opened.release()
 
 
+def shown_url(url: str) -> str:
+    """`url` as printed and recorded: scheme, host, port and path; never a user:password@ or
+    a query string, where a key could hide (keys come from COSMOS_SERVER_API_KEY only)."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return url.split("@")[-1].split("?")[0]
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
 @dataclass(frozen=True)
 class Target:
     """Where requests go: `open_socket` (tunnel or local socket) or an `http(s)://` URL.
@@ -105,7 +116,7 @@ class Target:
         """An OpenAI-compatible base URL, e.g. `http://gpu:8000/v1` (`/v1` when no path)."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+            raise ValueError(f"{shown_url(url)!r} is not an http:// or https:// URL")
         path = parts.path.rstrip("/") or "/v1"
         headers = (("Authorization", f"Bearer {api_key}"),) if api_key else ()
         return cls(url=f"{parts.scheme}://{parts.netloc}", base_path=path, headers=headers)

@@ -34,7 +34,7 @@ from ..errors import CosmosError, ServerError, SSHError
 from ..remote import protocol
 from ..remote.protocol import SERVER_LOST, TOKEN_MISMATCH, EngineSettings
 from ..remote.transfer import upload_to_cache
-from ..remote.tunnel import Target, Unreachable, request_json
+from ..remote.tunnel import Target, Unreachable, request_json, shown_url
 from ..tokens import effective_prompt
 from .batchjob import JobExecutor
 from .follow import reconnecting
@@ -185,7 +185,8 @@ class ServerExecutor:
     def command(self, job_id: str) -> str:
         if self.endpoint is not None:
             return (
-                f"POST {self.endpoint}/chat/completions (up to {self.engine.max_num_seqs} at once)"
+                f"POST {shown_url(self.endpoint)}/chat/completions "
+                f"(up to {self.engine.max_num_seqs} at once)"
             )
         return (
             f"POST /v1/chat/completions to 127.0.0.1:{self.status.port} on the host through the "
@@ -361,7 +362,7 @@ def endpoint_model(target: Target) -> str:
         status, body = request_json(target, "GET", "/models", timeout_s=30.0)
     except Unreachable as exc:
         raise ServerError(
-            f"the endpoint {target.url}{target.base_path} does not answer: {exc}",
+            f"the endpoint {shown_url(target.url + target.base_path)} does not answer: {exc}",
             "check [server] endpoint (or --endpoint) and that the server runs",
             code="endpoint_unreachable",
         ) from None
@@ -458,7 +459,7 @@ class ModeChoice:
 
     def command(self, job_id: str) -> str:
         if self.endpoint:
-            return f"POST {self.endpoint}/chat/completions"
+            return f"POST {shown_url(self.endpoint)}/chat/completions"
         if self.mode == "server":
             return "POST /v1/chat/completions to the warm server on the host"
         return self.job.command(job_id)
@@ -473,7 +474,8 @@ class ModeChoice:
                     str(exc), "give a base URL such as http://gpu:8000/v1", code="bad_endpoint"
                 ) from None
             model = endpoint_model(target)
-            on_event("mode", mode="server", why=f"the endpoint {self.endpoint} serves {model}")
+            why = f"the endpoint {shown_url(self.endpoint)} serves {model}"
+            on_event("mode", mode="server", why=why)
             return ServerExecutor(
                 engine=engine,
                 model=model,
