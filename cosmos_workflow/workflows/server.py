@@ -429,7 +429,7 @@ class ModeChoice:
     Until the run is ready to go (a dry run never is) it plans as the job would, and says
     mode "auto" (or "job" with --no-server, "server" with --server or an endpoint). `ready()`
     asks the host (or the endpoint) and returns the executor that runs the items; it says which
-    and why in a "stage" event. `use_server`: None auto, True --server, False --no-server.
+    and why in a "mode" event. `use_server`: None auto, True --server, False --no-server.
     """
 
     def __init__(
