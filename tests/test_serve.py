@@ -360,10 +360,20 @@ def test_server_killed_mid_batch_fails_the_rest_and_the_same_command_finishes(en
 
 
 def test_stop_while_loading_and_again_is_idempotent(env):
-    start = env.process("serve", "start")
+    interrupted = env.process("serve", "start")
     wait_for(
         lambda: env.state().get("state") == "starting" and env.state().get("server_pid"), "a load"
     )
+    # Ctrl+C on the start: it says the server keeps loading (it runs detached), and it does.
+    interrupted.send_signal(signal.SIGINT)
+    _, stderr = interrupted.communicate(timeout=WAIT_S)
+    assert interrupted.returncode == 130, stderr
+    assert "the server keeps loading on the host" in stderr
+    assert data(env.cli("serve", "status", "--json"))["alive"] is True
+    start = env.process("serve", "start")  # a second start waits for the load it finds
+    for line in start.stderr:
+        if "already loading on the host" in line:
+            break
     first = env.cli("serve", "stop")
     assert first.exit_code == 0 and "server stopped" in first.stderr
     start.communicate(timeout=WAIT_S)

@@ -41,7 +41,7 @@ def start(
     It stops itself after the idle timeout without a request.
 
     Exit codes: 0 ready (or already running); 2 bad config; 4 SSH failure;
-    5 it did not start.
+    5 it did not start; 130 interrupted (the server keeps loading on the host).
     """
     orch = orchestrator(ctx)
     t0 = time.monotonic()
@@ -52,7 +52,12 @@ def start(
         elif kind == "log":
             err.print(data["line"], markup=False, highlight=False, style="dim")
 
-    status, started = orch.serve_start(idle_timeout_min=idle_timeout, on_event=on_event)
+    try:
+        status, started = orch.serve_start(idle_timeout_min=idle_timeout, on_event=on_event)
+    except KeyboardInterrupt:
+        err.print("interrupted: the server keeps loading on the host (it runs detached)")
+        err.print("`cosmos serve status` shows it; `cosmos serve stop` stops it")
+        raise typer.Exit(130) from None
     if json_output:
         print_json(dict(status.to_dict(), started=started))
         return
