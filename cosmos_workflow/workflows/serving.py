@@ -32,8 +32,8 @@ class ServeMixin:
     ) -> tuple[ServerStatus, bool]:
         """Start the server detached and wait until it answers: (status, started by this call).
 
-        A running server is left as it is (started False). `idle_timeout_min`: default
-        `[server] idle_timeout_min`.
+        A running server is left as it is (started False); one still loading is waited for.
+        `idle_timeout_min`: default `[server] idle_timeout_min`.
         """
         runner, engine = self._server_parts()
         minutes = (
