@@ -146,7 +146,6 @@ def serve_start(
     supervisor dies.
     """
     folder = servectl.server_dir(runner.root)
-    wanted = server_settings(engine)
     with connect() as conn:
         current = read_status(conn, runner, engine)
         # A supervisor that wrote "failed" or "stopped" is on its way out: wait for it to go,
@@ -180,11 +179,7 @@ def serve_start(
         offset = 0
         while True:
             offset = _stream_log(conn, folder, offset, on_event)
-            status = parse_probe(
-                conn.run(ShellCommand(servectl.probe(folder)), check=False).stdout,
-                wanted,
-                _container(runner),
-            )
+            status = read_status(conn, runner, engine)
             if status.state == "ready":
                 break
             if status.state in ("failed", "stopped"):
