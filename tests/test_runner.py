@@ -31,14 +31,49 @@ def test_direct_command_line_is_exact():
 def test_docker_command_line_is_exact():
     settings = RunnerSettings(kind="docker", remote_dir="/home/ubuntu/NatsFS/cosmos-transfer1")
     assert worker_command(settings, "abc123") == (
-        "sudo -n docker run --rm --init --name cosmos-upsample-abc123 --gpus all --ipc=host "
+        'mkdir -p "$HOME"/.cache/huggingface "$HOME"/.cache/vllm && '
+        "sudo -n docker run --rm --init --pull never --name cosmos-upsample-abc123 --gpus all "
         "--shm-size=8g -v /home/ubuntu/NatsFS/cosmos-transfer1:/workspace -w /workspace "
-        "-e VLLM_WORKER_MULTIPROC_METHOD=spawn -e VLLM_CACHE_ROOT=/root/.cache/vllm "
-        '-v "$HOME"/.cache/huggingface:/root/.cache/huggingface '
-        '-v "$HOME"/.cache/vllm:/root/.cache/vllm '
+        "-e VLLM_WORKER_MULTIPROC_METHOD=spawn -e HOME=/tmp -e HF_HOME=/cosmos-cache/huggingface "
+        "-e VLLM_CACHE_ROOT=/cosmos-cache/vllm "
+        '--user "$(id -u):$(id -g)" -e "USER=$(id -un)" '
+        '-v "$HOME"/.cache/huggingface:/cosmos-cache/huggingface '
+        '-v "$HOME"/.cache/vllm:/cosmos-cache/vllm '
         "nvcr.io/ubuntu/cosmos-transfer1:latest python3 "
         "/workspace/cosmos_workflow/worker.py run /workspace/cosmos_workflow/jobs/abc123"
     )
+
+
+def test_docker_without_gpus_passes_no_gpus_flag_and_host_ipc_on_request():
+    """A CPU image, or a host without the NVIDIA runtime: `--gpus` would fail every run."""
+    settings = RunnerSettings(kind="docker", remote_dir="/d", gpus="none", shm_size="host")
+    words = shlex.split(worker_command(settings, "j"))
+    assert "--gpus" not in words
+    # --ipc=host alone: with it docker ignores --shm-size, so both would only mislead.
+    assert "--ipc=host" in words and not any(w.startswith("--shm-size") for w in words)
+    counted = shlex.split(
+        worker_command(RunnerSettings(kind="docker", remote_dir="/d", gpus="2"), "j")
+    )
+    assert counted[counted.index("--gpus") + 1] == "2"
+
+
+def test_docker_extra_args_are_words_before_the_image():
+    settings = RunnerSettings(
+        kind="docker", remote_dir="/d", extra_args=("-v", "/data sets:/data:ro", "--label", "$(x)")
+    )
+    words = shlex.split(worker_command(settings, "j"))
+    image = words.index("nvcr.io/ubuntu/cosmos-transfer1:latest")
+    assert words[image - 4 : image] == ["-v", "/data sets:/data:ro", "--label", "$(x)"]
+
+
+def test_docker_runs_as_the_ssh_user_with_caches_it_created_itself():
+    """Files the container writes on the host stay the SSH user's; docker would create a
+    missing mount source as root, so the user creates the cache folders first."""
+    command = worker_command(RunnerSettings(kind="docker", remote_dir="/d"), "j")
+    assert command.startswith('mkdir -p "$HOME"/.cache/huggingface "$HOME"/.cache/vllm && ')
+    assert '--user "$(id -u):$(id -g)"' in command
+    # Not under /root: the SSH user's uid could not read it in NVIDIA's image.
+    assert "-e HF_HOME=/cosmos-cache/huggingface" in command
 
 
 def test_docker_runs_an_init_process_so_a_dead_engine_can_end_the_worker():
@@ -51,18 +86,21 @@ def test_docker_runs_an_init_process_so_a_dead_engine_can_end_the_worker():
 
 def test_docker_sudo_never_waits_for_a_password():
     words = shlex.split(worker_command(RunnerSettings(kind="docker", remote_dir="/d"), "j"))
-    assert words[:3] == ["sudo", "-n", "docker"]
-    no_sudo = RunnerSettings(kind="docker", remote_dir="/d", sudo=False)
-    assert shlex.split(worker_command(no_sudo, "j"))[:2] == ["docker", "run"]
+    docker = words.index("docker")
+    assert words[docker - 2 : docker + 2] == ["sudo", "-n", "docker", "run"]
+    no_sudo = shlex.split(
+        worker_command(RunnerSettings(kind="docker", remote_dir="/d", sudo=False), "j")
+    )
+    assert "sudo" not in no_sudo and no_sudo[no_sudo.index("docker") + 1] == "run"
 
 
 def test_docker_keeps_vllm_compile_cache_on_a_host_mount():
     settings = RunnerSettings(kind="docker", remote_dir="/d", vllm_cache="/mnt/fast disk/vllm")
     command = worker_command(settings, "j")
-    assert "-v '/mnt/fast disk/vllm':/root/.cache/vllm" in command
-    assert "-e VLLM_CACHE_ROOT=/root/.cache/vllm" in command
+    assert "-v '/mnt/fast disk/vllm':/cosmos-cache/vllm" in command
+    assert "-e VLLM_CACHE_ROOT=/cosmos-cache/vllm" in command
     off = worker_command(RunnerSettings(kind="docker", remote_dir="/d", vllm_cache=""), "j")
-    assert "/root/.cache/vllm" not in off and "VLLM_CACHE_ROOT" not in off
+    assert "/cosmos-cache/vllm" not in off and "VLLM_CACHE_ROOT" not in off
 
 
 def test_docker_selects_gpus_with_gpus_flag_only_not_cuda_visible_devices_inside():
@@ -76,10 +114,10 @@ def test_docker_selects_gpus_with_gpus_flag_only_not_cuda_visible_devices_inside
     )
     command = worker_command(settings, "j", "check", "--json")
     words = shlex.split(command)
-    assert command.startswith("docker run --rm --init --name cosmos-upsample-j --gpus ")
+    assert "docker run --rm --init --pull never --name cosmos-upsample-j --gpus " in command
     assert words[words.index("--gpus") + 1] == '"device=2"'  # docker's own quoting for lists
     assert "CUDA_VISIBLE_DEVICES" not in command
-    assert "-v '/mnt/hf cache':/root/.cache/huggingface" in command
+    assert "-v '/mnt/hf cache':/cosmos-cache/huggingface" in command
     assert command.endswith("python3 /workspace/cosmos_workflow/worker.py check --json")
     several = shlex.split(
         worker_command(

@@ -235,7 +235,11 @@ def test_other_settings_are_listed_and_make_the_server_unusable():
 def test_docker_server_is_a_named_init_container_on_the_host_network():
     settings = runners.RunnerSettings(kind="docker", remote_dir="/home/u/ct1")
     words = shlex.split(runners.server_command(settings))
-    assert words[words.index("--name") + 1] == runners.SERVER_CONTAINER
+    words = words[words.index("docker") :]
+    assert words[words.index("--name") + 1] == runners.server_container(settings)
+    # One per checkout: two users' servers on one shared host do not clash on the name.
+    other = runners.RunnerSettings(kind="docker", remote_dir="/home/v/ct1")
+    assert runners.server_container(other) != runners.server_container(settings)
     assert "--init" in words and "--rm" in words
     assert words[words.index("--network") + 1] == "host"
     assert "-p" not in words and "--publish" not in words

