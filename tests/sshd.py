@@ -167,9 +167,13 @@ def _wait_until_serving(process: subprocess.Popen, port: int, log: Path) -> None
     raise RuntimeError(f"sshd did not answer on port {port}:\n{log.read_text()}")
 
 
-def start_sshd(folder: Path, sshd: str | None = None) -> SSHServer:
+def start_sshd(
+    folder: Path, sshd: str | None = None, *, other_users: tuple[str, ...] = ()
+) -> SSHServer:
     """Start a real OpenSSH server on 127.0.0.1 in `folder`, with throwaway host and user keys.
 
+    `other_users`: local accounts that may log in too, with the same key. sshd reads a user's
+    authorized keys as that user, so then `folder` must be one every user can read.
     Used by the `sshd` fixture and by scripts/bench.py; stop it with `stop_sshd`.
     """
     sshd = sshd or SSHD
@@ -179,6 +183,13 @@ def start_sshd(folder: Path, sshd: str | None = None) -> SSHServer:
     user_key = keygen(folder / "id_ed25519", "test-user")
     authorized_keys = folder / "authorized_keys"
     authorized_keys.write_text(Path(f"{user_key}.pub").read_text())
+    if other_users:
+        keys = folder / "keys"
+        keys.mkdir(mode=0o755)
+        for user in (getpass.getuser(), *other_users):
+            (keys / user).write_text(authorized_keys.read_text())
+            (keys / user).chmod(0o644)
+        authorized_keys = keys / "%u"
     (folder / "ssh_config").write_text("")  # so the developer's ~/.ssh/config never applies
     if os.geteuid() == 0:
         # sshd's privilege-separation folder; a fresh container may not have it.
