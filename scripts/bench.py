@@ -22,6 +22,8 @@ Cases (--only takes a name or its letter; a letter selects every case of that le
                        subprocess: a repeat (token counts cached) vs the first (cold cache)
   i  warm-server       1 and 20 specs through a warm `vllm serve` (cosmos serve) vs cold jobs,
                        the REAL engine (tiny Pixtral, engine venv); the local part of a warm run
+  j  docker-start      1 spec, a cold job with the REAL engine: the Docker runner (the stand-in
+                       image of scripts/docker_image.sh) vs the direct runner; a bare docker run
 
 Batches run the real CLI against the test suite's throwaway OpenSSH sshd on 127.0.0.1 with the
 stand-in engine (tests/fake_vllm), cold on both sides. The CLI runs this checkout's code
@@ -563,6 +565,104 @@ def case_warm_server(ws: Workspace) -> list[Row]:
     ]  # fmt: skip
 
 
+# -- (j) the Docker runner's cost: one job in the stand-in image vs the same engine directly ---
+
+
+def case_docker_start(ws: Workspace) -> list[Row]:
+    """One spec, a cold job each time, the REAL engine: in a container of the stand-in image
+    (scripts/docker_image.sh: the engine venv's own vLLM inside) vs the direct runner with the
+    engine venv, interleaved; and a bare `docker run --rm IMAGE true` vs `sh -c true`."""
+    import shutil
+
+    from tests.dockerhost import stand_in_image
+    from tests.engine import engine_python, tiny_model_dir
+    from tests.upsample_env import (
+        CHECKPOINT,
+        real_checkpoint,
+        real_worker,
+        sshd_remote,
+        write_config,
+    )
+
+    python = engine_python()
+    if python is None:
+        raise BenchError(
+            "no engine venv: run scripts/setup_engine.sh (or set COSMOS_ENGINE_PYTHON)"
+        )
+    if (
+        shutil.which("docker") is None
+        or subprocess.run(["docker", "info"], capture_output=True).returncode
+    ):
+        raise BenchError("no Docker engine answers: run scripts/dockerd.sh start")
+    image = stand_in_image()
+    model = tiny_model_dir(python)
+    work = ws.folder("docker-start")
+    worker = real_worker(python, real_checkpoint(work / "direct", model), work / "engine-work")
+    engine_env = {
+        k: v
+        for k, v in worker["env"].items()
+        if k.startswith(("VLLM_", "HF_", "TRANSFORMERS_", "DO_NOT"))
+    }
+    engine_env.pop("VLLM_CACHE_ROOT", None)
+    engine_env.pop("VLLM_CONFIG_ROOT", None)
+    for kind in ("direct", "docker"):
+        folder = work / kind
+        host = folder / "host" / "cosmos-transfer1"
+        host.mkdir(parents=True, exist_ok=True)
+        if kind == "docker":
+            shutil.copytree(model, host / "checkpoints" / CHECKPOINT, dirs_exist_ok=True)
+            section = {
+                "runner": "docker",
+                "enforce_eager": True,
+                "env": engine_env,
+                "max_num_seqs": worker.get("max_num_seqs", 2),
+            }
+        else:
+            section = worker
+        write_config(
+            folder / "config.toml",
+            {
+                "remote": sshd_remote(ws.sshd()),
+                "paths": {"remote_dir": str(host), "cache_dir": str(folder / "cache")},
+                "docker": {
+                    "image": image,
+                    "gpus": "none",
+                    "shm_size": "1g",
+                    "sudo": False,
+                    "hf_cache": str(folder / "hf"),
+                    "vllm_cache": str(folder / "vllm"),
+                },
+                "worker": section,
+            },
+        )
+    runs = {"direct": [], "docker": []}
+    for n in range(1 if ws.quick else 2):
+        for kind in ("direct", "docker"):
+            spec = _one_prompt(ws, f"Docker{n} {kind}.")
+            runs[kind].append(_engine_upsample(ws, work / kind, spec, f"{kind}{n}", "--no-server"))
+    direct_s = statistics.median(run.wall_s for run, _ in runs["direct"])
+    docker_s = statistics.median(run.wall_s for run, _ in runs["docker"])
+    bare_docker, _ = median_time(
+        lambda: subprocess.run(
+            ["docker", "run", "--rm", "--pull", "never", image, "true"],
+            capture_output=True,
+            check=True,
+        ),
+        3,
+    )
+    bare_sh, _ = median_time(lambda: subprocess.run(["sh", "-c", "true"], check=True), 3)
+    _, docker_rec = runs["docker"][-1]
+    return [
+        Row("docker-start", "1 spec, cold job: docker runner vs direct (same engine)", docker_s,
+            "s", direct_s, docker_s / direct_s, f"{docker_s / direct_s:.2f}× of direct", "report",
+            detail=f"container overhead {docker_s - direct_s:+.1f} s per job; median of "
+            f"{len(runs['docker'])}; docker timings_s: {_timings(docker_rec)}"),
+        Row("docker-start", "bare `docker run --rm IMAGE true` vs `sh -c true`", bare_docker, "s",
+            bare_sh, bare_docker / bare_sh, f"+{bare_docker - bare_sh:.2f} s", "report",
+            detail="the container's own start and removal, no Python"),
+    ]  # fmt: skip
+
+
 MEDIA_TOOLS = ("ffmpeg", "ffprobe")
 HOST_TOOLS = (*MEDIA_TOOLS, "cosmos", "ssh-keygen", "sshd")
 # name: (letter, function, the executables it needs)
@@ -579,6 +679,7 @@ CASES = {
     "stage-100": ("g", case_stage_100, MEDIA_TOOLS),
     "check-repeat": ("h", case_check_repeat, (*MEDIA_TOOLS, "cosmos")),
     "warm-server": ("i", case_warm_server, HOST_TOOLS),
+    "docker-start": ("j", case_docker_start, (*HOST_TOOLS, "docker")),
 }
 
 

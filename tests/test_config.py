@@ -231,3 +231,23 @@ def test_config_show_prints_safe_resolution_as_written_in_a_config(workdir):
     result = CliRunner().invoke(app, ["config", "show", "--json"], catch_exceptions=False)
     rows = {f"{r['section']}.{r['key']}": r for r in json.loads(result.stdout)["data"]["keys"]}
     assert rows["upsampling.safe_resolution"]["value"] == "640x360"
+
+
+def test_docker_gpus_shm_size_and_extra_args_are_checked_where_they_are_read(workdir):
+    config = load_config(
+        overrides={
+            "docker.gpus": "none",
+            "docker.shm_size": "host",
+            "docker.extra_args": '-v "/data sets:/data:ro"',
+        }
+    )
+    assert config.docker.gpus == "none" and config.docker.shm_size == "host"
+    assert config.docker.extra_args == ("-v", "/data sets:/data:ro")
+    assert load_config().docker.gpus == "all"  # a GPU host keeps --gpus all
+    for key, bad in (
+        ("docker.gpus", "all; rm -rf /"),
+        ("docker.shm_size", "8 gigs"),
+        ("docker.extra_args", '"unbalanced'),
+    ):
+        with pytest.raises(ConfigError):
+            load_config(overrides={key: bad})

@@ -180,3 +180,55 @@ def test_worker_gets_the_checkpoint_path_as_the_container_sees_it(workdir):
     assert checkpoint_dir() == "/workspace/checkpoints"  # docker, default <remote_dir>/checkpoints
     assert checkpoint_dir(**{"worker.checkpoint_dir": "/mnt/ck"}) == "/checkpoints"
     assert checkpoint_dir(**{"worker.runner": "direct"}) == "/data/ct1/checkpoints"
+
+
+# What the host printed when a launch failed, word for word (docker 28, sudo 1.9, dash).
+DOCKER_HELP = "Run 'docker run --help' for more information"
+
+
+def test_launch_errors_name_the_cause_not_dockers_last_line():
+    from cosmos_workflow.remote.runner import launch_error
+
+    cases = {
+        "docker_no_gpu_runtime": "docker: Error response from daemon: could not select device "
+        'driver "" with capabilities: [[gpu]]',
+        "docker_permission": "docker: permission denied while trying to connect to the Docker "
+        "daemon socket at unix:///var/run/docker.sock: Head ...: connect: permission denied",
+        "docker_daemon": "docker: Cannot connect to the Docker daemon at "
+        "unix:///var/run/docker.sock. Is the docker daemon running?",
+        "docker_image_missing": "docker: Error response from daemon: No such image: nv/ct1:x",
+        "docker_name_in_use": "docker: Error response from daemon: Conflict. The container name "
+        '"/cosmos-upsample-ab" is already in use by container "f00".',
+        "docker_error": "docker: Error response from daemon: invalid mount config",
+        "sudo_missing": "sh: 1: sudo: not found",
+        "docker_missing": "bash: line 1: docker: command not found",
+        "sudo_password": "sudo: a password is required",
+    }
+    for code, line in cases.items():
+        error = launch_error(["some earlier output", line, DOCKER_HELP])
+        assert error is not None and error.code == code, (code, error)
+        assert DOCKER_HELP not in error.message
+        assert error.hint
+    assert launch_error(["2026-12-04 INFO loading", "worker exited", DOCKER_HELP]) is None
+    # A worker's own log line that mentions docker is not a launch failure.
+    assert launch_error(["INFO: running inside docker: not found a GPU"]) is None
+
+
+def test_docker_facts_are_read_from_their_marker_lines_only():
+    from cosmos_workflow.remote.runner import DOCKER_PREFIX, parse_docker_facts
+
+    stdout = "\n".join(
+        [
+            "== banner ==",
+            f"{DOCKER_PREFIX}server 28.2.2",
+            f"{DOCKER_PREFIX}image sha256:abc 2026-12-04T21:00:00.1Z 2560000000",
+            '{"not": "facts"}',
+        ]
+    )
+    assert parse_docker_facts(stdout) == {
+        "server_version": "28.2.2",
+        "image_id": "sha256:abc",
+        "image_created": "2026-12-04T21:00:00.1Z",
+        "image_size_bytes": 2560000000,
+    }
+    assert parse_docker_facts("")["image_id"] is None  # the host lacks the image
