@@ -27,10 +27,17 @@ SELF="$HERE/$(basename "$0")"
 
 VLLM_VERSION=${COSMOS_ENGINE_VLLM:-0.32.0}
 REPO=${COSMOS_STAND_IN_REPO:-cosmos-stand-in}
-# Debian packages beyond minbase: python3 (3.11) and tini, plus the shared libraries the engine's
-# wheels link against and do not bundle (found by running ldd over every .so in the image):
-# libgomp1 and libnuma1 (vllm/_C), ...
-INCLUDE=python3,tini,libgomp1,libnuma1
+# Debian packages beyond minbase: python3 (3.11) and tini, plus what the engine needs and its
+# wheels do not bundle (found by trying, and by ldd over every .so in the image):
+#   libnuma1  vllm/_C links libnuma.so.1 (without it `from vllm import LLM` still imports, but the
+#             engine fails loading vllm._C);
+#   libgomp1  numba's OpenMP pool (torch and sentencepiece bundle their own libgomp);
+#   g++       torch.compile's inductor (vLLM's default, enforce_eager=False) builds C++ kernels at
+#             engine start: "InvalidCxxCompiler: No working C++ compiler found" without it.
+#             NVIDIA's image, built on a CUDA devel image, has one;
+#   python3-dev  Python.h for those kernels' Python bindings (inductor's cpp_pybinding);
+#   openssl   inductor hashes its precompiled header with `openssl sha512` (FileNotFoundError).
+INCLUDE=python3,tini,libnuma1,libgomp1,g++,python3-dev,openssl
 ENGINE_WAIT=${COSMOS_ENGINE_WAIT:-3600}   # seconds to wait for another process's engine build
 
 log() { echo "docker_image.sh: $*" >&2; }
