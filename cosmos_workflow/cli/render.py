@@ -278,7 +278,8 @@ def _docker_rows(docker: dict) -> list[tuple[str, str]]:
     image = str(docker.get("image"))
     if docker.get("image_id"):
         size = docker.get("image_size_bytes") or 0
-        image += f" ({docker['image_id'][:19]}, {size / 2**30:.1f} GiB, {docker['image_created'][:19]})"
+        created = str(docker.get("image_created"))[:19]
+        image += f" ({docker['image_id'][:19]}, {size / 2**30:.1f} GiB, {created})"
     rows.append(("image", image))
     gpus = docker.get("gpus")
     rows.append(("--gpus", "not passed (gpus = none)" if gpus == "none" else str(gpus)))
