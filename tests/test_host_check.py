@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from cosmos_workflow.cli import app
 from cosmos_workflow.remote import jobctl
-from cosmos_workflow.remote.runner import sudo_password_error
+from cosmos_workflow.remote.runner import RunnerSettings, sudo_password_error
 
 from .upsample_env import (
     engine_events,
@@ -243,7 +243,11 @@ def test_cancel_stops_the_container_with_sudo_n(sudo_wants_a_password, tmp_path)
     """`docker stop` goes through sudo -n as well: asked for a password, it fails at once."""
     job = tmp_path / "jobs" / "abc"
     job.mkdir(parents=True)
-    command = jobctl.cancel(str(job), "cosmos-upsample-abc", sudo=True)
+    command = jobctl.cancel(
+        str(job),
+        "cosmos-upsample-abc",
+        docker=RunnerSettings(kind="docker", remote_dir="/d").docker,
+    )
 
     proc = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30)
 

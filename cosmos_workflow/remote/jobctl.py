@@ -76,8 +76,9 @@ def launch_and_follow(job: str, worker_command: str, *, skip_lines: int = 0) -> 
     )
 
 
-def cancel(job: str, container: str | None = None, *, sudo: bool = False) -> str:
-    """Stop a running job: SIGTERM its process group (and its container, for docker).
+def cancel(job: str, container: str | None = None, *, docker: str = "docker") -> str:
+    """Stop a running job: SIGTERM its process group (and its container, for docker, with the
+    `docker` command the runner uses: `RunnerSettings.docker`).
 
     Prints `NO_JOB` (and changes nothing) when the host has no such job.
     """
@@ -86,7 +87,6 @@ def cancel(job: str, container: str | None = None, *, sudo: bool = False) -> str
     # `kill -TERM -PGID` (no `--`): the form both dash and bash accept for a process group.
     words += f'if {_alive("pid")}; then kill -TERM "-$(cat pid)" 2>/dev/null; fi'
     if container:
-        docker = "sudo -n docker" if sudo else "docker"  # -n: no terminal to ask on
         words += f"; {docker} stop {q(container)} >/dev/null 2>&1 || true"
     return words + "; echo cancelled"
 

@@ -71,8 +71,9 @@ def launch(folder: str, server_command: str) -> str:
     )
 
 
-def stop(folder: str, container: str | None = None, *, sudo: bool = False) -> str:
-    """Stop the server: SIGTERM its process group (and its container), wait until it is gone.
+def stop(folder: str, container: str | None = None, *, docker: str = "docker") -> str:
+    """Stop the server: SIGTERM its process group (and its container, with the runner's
+    `docker` command), wait until it is gone.
 
     Prints `stopped` when it was running, `not-running` otherwise (and changes nothing then).
     """
@@ -82,7 +83,6 @@ def stop(folder: str, container: str | None = None, *, sudo: bool = False) -> st
     words = f"cd {q(folder)} 2>/dev/null || {{ echo not-running; exit 0; }}; "
     words += f"if ! {_alive('pid')}; then {leftover}echo not-running; exit 0; fi; "
     if container:
-        docker = "sudo -n docker" if sudo else "docker"  # -n: no terminal to ask on
         words += f"{docker} stop -t 35 {q(container)} >/dev/null 2>&1 || true; "
     # The supervisor stops vLLM's server on SIGTERM and writes state.json; give it the grace
     # it gives the server, then kill what is left.

@@ -287,7 +287,7 @@ class GpuHost:
         settings = self.runner_settings()
         container = runners.container_name(job_id) if settings.kind == "docker" else None
         with self.connect() as conn:
-            result = conn.run(ShellCommand(jobctl.cancel(job, container, sudo=settings.sudo)))
+            result = conn.run(ShellCommand(jobctl.cancel(job, container, docker=settings.docker)))
         if protocol.NO_JOB in result.stdout.split():
             raise _no_such_job(job_id)
 

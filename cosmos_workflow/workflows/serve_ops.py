@@ -239,7 +239,7 @@ def _stream_log(conn, folder: str, offset: int, on_event: Events) -> int:
 def serve_stop(connect, runner: runners.RunnerSettings) -> bool:
     """Stop the server; True when one was running (idempotent: False otherwise)."""
     folder = servectl.server_dir(runner.root)
-    command = servectl.stop(folder, _container(runner), sudo=runner.sudo)
+    command = servectl.stop(folder, _container(runner), docker=runner.docker)
     with connect() as conn:
         result = conn.run(ShellCommand(command))
     return "stopped" in result.stdout.split()
