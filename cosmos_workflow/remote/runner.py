@@ -171,8 +171,7 @@ def docker_facts(settings: RunnerSettings) -> str:
 def parse_docker_facts(stdout: str) -> dict:
     """`docker_facts` lines → {"server_version": …, "image_id": …, "image_created": …,
     "image_size_bytes": …} (None where docker said nothing)."""
-    facts = {"server_version": None, "image_id": None, "image_created": None}
-    facts["image_size_bytes"] = None
+    facts = dict.fromkeys(("server_version", "image_id", "image_created", "image_size_bytes"))
     for line in stdout.splitlines():
         if not line.startswith(DOCKER_PREFIX):
             continue
